@@ -1,0 +1,1 @@
+"""Pretrained models nbquant can build itself, from pip-installed weights, without torch."""
