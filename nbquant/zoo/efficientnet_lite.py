@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.metadata
 import math
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,6 +113,11 @@ def same_pads(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[i
     return total // 2, total - total // 2
 
 
+def torch_scope(key: str) -> str:
+    """Module path as torch.onnx writes node scopes: ``_blocks.3._bn1`` -> ``_blocks.3/_bn1``."""
+    return re.sub(r"\.(?!\d)", "/", key)
+
+
 def block_specs(variant: str) -> list[BlockSpec]:
     """All MBConv blocks of a variant in order; the first and last stages are not depth-scaled."""
     spec = get_variant(variant)
@@ -172,7 +178,7 @@ class _GraphBuilder:
         begin, end = same_pads(size, shape[2], stride)
         attrs = dict(kernel_shape=list(shape[2:]), strides=[stride, stride],
                      pads=[begin, begin, end, end], group=group, dilations=[1, 1])
-        name = f"/{conv}/Conv"
+        name = f"/{torch_scope(conv)}/Conv"
         if self.fold_bn:
             w, b = fold_batch_norm(w, gamma, beta, mean, var, BN_EPSILON)
             inputs = [self.constant(f"{conv}.weight", w), self.constant(f"{conv}.bias", b)]
@@ -180,7 +186,7 @@ class _GraphBuilder:
         y = self.node("Conv", name, [x, self.constant(f"{conv}.weight", w)], **attrs)
         params = [self.constant(f"{bn}.{k}", v) for k, v in
                   zip(("weight", "bias", "running_mean", "running_var"), (gamma, beta, mean, var))]
-        return self.node("BatchNormalization", f"/{bn}/BatchNormalization", [y, *params],
+        return self.node("BatchNormalization", f"/{torch_scope(bn)}/BatchNormalization", [y, *params],
                          epsilon=BN_EPSILON)
 
     def relu6(self, x: str, scope: str) -> str:

@@ -231,7 +231,7 @@ def _materialize(ref: _TensorRef, path: Path, key: str) -> np.ndarray:
     view = np.lib.stride_tricks.as_strided(
         base, shape=ref.size, strides=[s * item for s in ref.stride], writeable=False
     )
-    return view.astype(flat.dtype.newbyteorder("="), copy=True)
+    return view.astype(flat.dtype.newbyteorder("="), order="C", copy=True)
 
 
 def _to_arrays(result, storages: dict[str, _Storage], path: Path) -> dict[str, np.ndarray]:
