@@ -1,0 +1,87 @@
+"""Fold BatchNormalization into the Conv before it, and record which nodes became which layer."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .graph import _copy, constants
+
+log = logging.getLogger(__name__)
+
+
+def fold_batchnorm(model: onnx.ModelProto, skip: tuple[str, ...] = ()) -> tuple[onnx.ModelProto, list[dict]]:
+    """Copy of ``model`` with each Conv -> BatchNormalization pair folded into one Conv.
+
+    Returns the model and one record per fusion: ``{"layer", "type", "original_nodes"}``.
+    The Conv keeps its name, so configs keyed by layer name stay valid. Convs named in
+    ``skip`` are left alone (the reference tool's ``skip_fusion_layers``).
+    """
+    model = _copy(model)
+    values = constants(model)
+    consumers = _consumers(model)
+    producer = {out: node for node in model.graph.node for out in node.output}
+    graph_outputs = {o.name for o in model.graph.output}
+    fusions, drop = [], set()
+    for bn in model.graph.node:
+        if bn.op_type != "BatchNormalization" or len(bn.output) != 1:
+            continue
+        conv = producer.get(bn.input[0])
+        if (conv is None or conv.op_type != "Conv" or conv.name in skip
+                or len(consumers[conv.output[0]]) != 1 or conv.output[0] in graph_outputs
+                or any(name not in values for name in list(bn.input[1:5]) + [conv.input[1]])
+                or (len(conv.input) > 2 and conv.input[2] and conv.input[2] not in values)):
+            continue
+        _fold_pair(model, conv, bn, values)
+        drop.add(bn.name or id(bn))
+        fusions.append({"layer": conv.name, "type": "Conv+BatchNormalization",
+                        "original_nodes": [conv.name, bn.name]})
+    kept = [n for n in model.graph.node if (n.name or id(n)) not in drop]
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    _drop_unused_initializers(model)
+    if fusions:
+        log.info("folded %d BatchNormalization nodes into Convs", len(fusions))
+    return model, fusions
+
+
+def _fold_pair(model, conv, bn, values):
+    eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
+    gamma, beta, mean, var = (values[name].astype(np.float64) for name in bn.input[1:5])
+    weight = values[conv.input[1]].astype(np.float64)
+    has_bias = len(conv.input) > 2 and conv.input[2]
+    bias = values[conv.input[2]].astype(np.float64) if has_bias else np.zeros(weight.shape[0])
+    factor = gamma / np.sqrt(var + eps)
+    new_weight = (weight * factor.reshape(-1, *([1] * (weight.ndim - 1)))).astype(np.float32)
+    new_bias = ((bias - mean) * factor + beta).astype(np.float32)
+    weight_name, bias_name = f"{conv.name}/fused_weight", f"{conv.name}/fused_bias"
+    model.graph.initializer.extend([numpy_helper.from_array(new_weight, weight_name),
+                                    numpy_helper.from_array(new_bias, bias_name)])
+    inputs = [conv.input[0], weight_name, bias_name]
+    del conv.input[:]
+    conv.input.extend(inputs)
+    conv.output[0] = bn.output[0]
+
+
+def _consumers(model) -> dict[str, list]:
+    users: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            users.setdefault(name, []).append(node)
+    for out in model.graph.output:
+        users.setdefault(out.name, []).append(None)
+    for node in model.graph.node:
+        for out in node.output:
+            users.setdefault(out, [])
+    return users
+
+
+def _drop_unused_initializers(model) -> None:
+    used = {name for node in model.graph.node for name in node.input}
+    used |= {o.name for o in model.graph.output}
+    kept = [init for init in model.graph.initializer if init.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
