@@ -119,17 +119,19 @@ class _StateDictUnpickler(pickle.Unpickler):
                 and isinstance(numel, int) and numel >= 0):
             raise ModelError(f"{self.path}: malformed storage reference {pid!r}")
         storage = self.storages.setdefault(key, _Storage(key, storage_type.dtype, numel))
+        if (storage.dtype, storage.numel) != (storage_type.dtype, numel):
+            raise ModelError(f"{self.path}: storage {key} is referenced with two types or sizes")
         view = pid[5] if len(pid) == 6 else None
         if view is None:
             return _StorageSlice(storage, 0)
-        return self._view_slice(storage, storage_type, view)
+        return self._view_slice(storage, view)
 
-    def _view_slice(self, root: _Storage, storage_type: _StorageType, view) -> _StorageSlice:
+    def _view_slice(self, root: _Storage, view) -> _StorageSlice:
         """Legacy ``(view_key, offset, size)``: a window on the root storage."""
         if not (isinstance(view, tuple) and len(view) == 3
                 and all(isinstance(v, int) for v in view[1:])):
             raise ModelError(f"{self.path}: malformed storage view {view!r}")
-        if storage_type.dtype != root.dtype or view[1] < 0 or view[1] + view[2] > root.numel:
+        if view[1] < 0 or view[2] < 0 or view[1] + view[2] > root.numel:
             raise ModelError(f"{self.path}: storage view {view!r} does not fit storage {root.key}")
         return _StorageSlice(root, view[1])
 
