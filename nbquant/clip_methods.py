@@ -63,30 +63,31 @@ def mse_range(counts, edges, qrange=UINT8, symmetric=False, **_):
     return float(los[best]), float(his[best])
 
 
-def kl_range(counts, edges, qrange=UINT8, symmetric=False, **_):
-    """The clip range whose quantized histogram is closest in KL divergence (TensorRT-style)."""
+def kl_range(counts, edges, qrange=UINT8, symmetric=False, bins_per_level=8, **_):
+    """The clip range whose quantized histogram is closest in KL divergence (TensorRT-style).
+
+    Each candidate range is re-binned onto ``levels * bins_per_level`` bins, so every
+    candidate is judged at the same resolution.
+    """
     levels = qrange[1] - qrange[0] + 1
+    cdf = np.concatenate([[0.0], np.cumsum(counts)])
     los, his = candidate_ranges(counts, edges)
-    width = edges[1] - edges[0]
-    best, best_kl = (los[0], his[0]), np.inf
+    scores = []
     for lo, hi in zip(los, his):
-        i0 = int(np.clip((lo - edges[0]) // width, 0, len(counts) - 1))
-        i1 = int(np.clip(np.ceil((hi - edges[0]) / width), i0 + 1, len(counts)))
-        if i1 - i0 < levels:
-            break
-        kl = _kl_of_clip(counts, i0, i1, levels)
-        if kl < best_kl:
-            best, best_kl = (float(lo), float(hi)), kl
-    return best
+        grid = np.linspace(lo, hi, levels * bins_per_level + 1)
+        inside = np.diff(np.interp(grid, edges, cdf))
+        below, above = np.interp(lo, edges, cdf), cdf[-1] - np.interp(hi, edges, cdf)
+        scores.append(_kl_of_clip(inside, below, above, levels))
+    best = int(np.argmin(scores))
+    return float(los[best]), float(his[best])
 
 
-def _kl_of_clip(counts, i0, i1, levels):
+def _kl_of_clip(inside, below, above, levels):
     """KL(P || Q): P folds the clipped-off mass into the edge bins, Q is the in-range part
-    merged into ``levels`` groups and spread back evenly (TensorRT's entropy calibration)."""
-    inside = counts[i0:i1].astype(np.float64)
+    merged into ``levels`` groups and spread back evenly over its non-empty bins."""
     p = inside.copy()
-    p[0] += counts[:i0].sum()
-    p[-1] += counts[i1:].sum()
+    p[0] += below
+    p[-1] += above
     starts = (np.arange(levels) * inside.size) // levels
     group = np.repeat(np.arange(levels), np.diff(np.append(starts, inside.size)))
     sums = np.add.reduceat(inside, starts)

@@ -1,0 +1,81 @@
+"""The deploy model: int8 weights, int32 biases and requantized outputs, in the QDQ form
+onnxruntime turns into integer kernels (QLinearConv, QGemm, QLinearAdd ...).
+
+What differs from the fake-quant model, on purpose:
+- weights are stored as int8 (4x smaller) and biases as int32 in units of
+  input_scale * weight_scale, as integer kernels add them;
+- each enabled layer's output (after its Clip/Relu, when it has exactly one) is quantized
+  too, with its own calibrated range, unless the next layer's input quantization already
+  does it; the integer kernels need a quantized output to chain;
+- other ops (Add, pooling, ...) that read a quantized tensor read its dequantized value,
+  so onnxruntime can run them in int8 as well.
+A Clip/Relu right before a QuantizeLinear whose range lies inside it is exact to drop, and
+onnxruntime drops it; no other numerics change.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from .calibration import LayerQuant, post_layer_tensor
+from .graph import constants
+from .numerics import QParams, quantize, quantize_bias
+from .qdq import GraphEdit, node_by_name
+
+
+def make_deploy_model(model: onnx.ModelProto, quant: dict[str, LayerQuant],
+                      output_qparams: dict[str, QParams]) -> onnx.ModelProto:
+    """Float ``model`` rewritten with integer weights for every layer in ``quant``."""
+    edit = GraphEdit(model)
+    values = constants(edit.model)
+    nodes = node_by_name(edit.model)
+    dequantized: dict[str, str] = {}  # float tensor -> its dequantized twin
+    for name, lq in quant.items():
+        node = nodes[name]
+        node.input[0] = edit.quantize_dequantize(name, lq.layer.input, f"{name}/input", lq.activation)
+        dequantized.setdefault(lq.layer.input, node.input[0])
+        _integer_weight(edit, node, lq, values)
+    graph_outputs = {o.name for o in edit.model.graph.output}
+    for name, lq in quant.items():
+        post = post_layer_tensor(edit.model, lq.layer)
+        if post not in dequantized and post not in graph_outputs:
+            consumer = _first_consumer(edit.model, post)
+            dequantized[post] = edit.quantize_dequantize(consumer, post, f"{name}/output", output_qparams[post])
+    _reroute_consumers(edit.model, dequantized, set(quant))
+    return edit.finish()
+
+
+def _integer_weight(edit: GraphEdit, node: onnx.NodeProto, lq: LayerQuant, values) -> None:
+    name, layer = node.name, lq.layer
+    axis = {"axis": layer.weight_axis} if np.size(lq.weight.scale) > 1 else {}
+    weight_q = quantize(values[layer.weight], lq.weight, layer.weight_axis)
+    quantized = edit.constant(f"{name}/weight_quantized", weight_q)
+    scale, zero_point = edit.qparam_inputs(f"{name}/weight", lq.weight)
+    node.input[1] = edit.dequantize(name, quantized, f"{name}/weight", scale, zero_point, axis)
+    if layer.bias is None:
+        return
+    bias_scale = (np.float32(lq.activation.scale) * np.asarray(lq.weight.scale, np.float32)).astype(np.float32)
+    bias_q = quantize_bias(values[layer.bias], float(lq.activation.scale), np.asarray(lq.weight.scale))
+    if bias_scale.size == 1 and bias_q.size > 1:
+        bias_scale, axis = bias_scale.reshape(()), {}
+    edit.constant(f"{name}/bias_quantized", bias_q)
+    edit.constant(f"{name}/bias_scale", bias_scale.reshape(-1) if bias_scale.size > 1 else bias_scale)
+    edit.constant(f"{name}/bias_zero_point", np.zeros(bias_scale.shape, np.int32))
+    node.input[2] = edit.dequantize(name, f"{name}/bias_quantized", f"{name}/bias",
+                                    f"{name}/bias_scale", f"{name}/bias_zero_point", axis)
+
+
+def _first_consumer(model: onnx.ModelProto, tensor: str) -> str:
+    return next(node.name for node in model.graph.node if tensor in node.input)
+
+
+def _reroute_consumers(model: onnx.ModelProto, dequantized: dict[str, str], enabled: set[str]) -> None:
+    """Non-layer ops read the dequantized value of a tensor that is quantized anyway."""
+    float_layers = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+    for node in model.graph.node:
+        if node.name in enabled or node.op_type in float_layers or node.op_type == "QuantizeLinear":
+            continue
+        for i, name in enumerate(node.input):
+            if name in dequantized and node.op_type != "DequantizeLinear":
+                node.input[i] = dequantized[name]

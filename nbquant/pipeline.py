@@ -1,0 +1,226 @@
+"""The calibration run: model and images in, fake-quant and deploy models and their files out."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+import pandas as pd
+from tqdm.auto import tqdm
+
+from .calibration import Calibrator, observe, observed_tensors, with_outputs
+from .config import ActivationQuant, ActMethod, QuantConfig, config_from_dict, config_to_dict
+from .datasets import ImageDataset
+from .deploy import make_deploy_model
+from .errors import ConfigError, ModelError
+from .evaluation import make_session
+from .files import RunPaths, atomic_write_json, atomic_write_text, read_json, remove_dir, save_model
+from .fusion import fold_batchnorm
+from .graph import Layer, find_layers, layer_table, load_model, name_nodes
+from .preprocess import DEFAULT_PRESET, Preprocess, check_input_shape, get_preset
+from .qdq import make_fake_quant_model
+from .record_files import format_scale_offset_record, make_quant_map
+from .runlog import log_to_file
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ACT_METHOD = ActMethod.MINMAX
+METADATA_PREFIX = "nbquant.preprocess."
+
+
+@dataclass(frozen=True)
+class CalibrationSettings:
+    """How to calibrate: images used, activation method and symmetry, weight granularity."""
+
+    calib_num: int = 100
+    act_method: ActMethod = DEFAULT_ACT_METHOD
+    symmetric: bool = False
+    per_channel: bool = True
+    batch_size: int = 10
+    bins: int = 4096
+
+    def __post_init__(self):
+        object.__setattr__(self, "act_method", ActMethod.parse(self.act_method))
+        for name in ("calib_num", "batch_size", "bins"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be an int >= 1, got {value!r}")
+
+
+@dataclass
+class PreparedModel:
+    """The float model as nbquant quantizes it: nodes named, BatchNorm folded, layers found."""
+
+    name: str
+    model: onnx.ModelProto = field(repr=False)
+    layers: list[Layer] = field(repr=False)
+    fusions: list[dict] = field(repr=False)
+    renamed: list[str] = field(repr=False)
+
+    @property
+    def table(self) -> pd.DataFrame:
+        return layer_table(self.model)
+
+
+def prepare_model(model, do_fusion: bool = True, skip_fusion=()) -> PreparedModel:
+    """Load (path) or take (ModelProto) a model, name its nodes, fold BN, find its layers."""
+    name = Path(model).stem if not isinstance(model, onnx.ModelProto) else (model.graph.name or "model")
+    proto = load_model(model) if not isinstance(model, onnx.ModelProto) else model
+    proto, renamed = name_nodes(proto)
+    fusions = []
+    if do_fusion:
+        proto, fusions = fold_batchnorm(proto, tuple(skip_fusion))
+    layers = find_layers(proto)
+    if not layers:
+        raise ModelError(f"model {model if not isinstance(model, onnx.ModelProto) else name} has no "
+                         "quantizable layer (Conv, ConvTranspose, Gemm, or MatMul with a constant weight)")
+    return PreparedModel(name, proto, layers, fusions, renamed)
+
+
+def resolve_preprocess(model: onnx.ModelProto, preprocess=None) -> Preprocess:
+    """The given preprocessing or preset name; else what the model's metadata records; else the default."""
+    if isinstance(preprocess, Preprocess):
+        return preprocess
+    if preprocess is not None:
+        return get_preset(preprocess)
+    meta = {p.key[len(METADATA_PREFIX):]: p.value for p in model.metadata_props
+            if p.key.startswith(METADATA_PREFIX)}
+    if not meta:
+        return get_preset(DEFAULT_PRESET)
+    kwargs = {}
+    for key, value in meta.items():
+        if key in ("resize", "crop"):
+            kwargs[key] = int(value)
+        elif key in ("mean", "std"):
+            kwargs[key] = tuple(float(v) for v in value.split(","))
+        elif key in ("channel_order", "layout", "interpolation"):
+            kwargs[key] = value.lower()
+    return Preprocess(**kwargs)
+
+
+def check_preprocess(model: onnx.ModelProto, pre: Preprocess, where: str) -> None:
+    """Raise when ``pre`` produces images of another size than the model's first input."""
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in dims]
+    check_input_shape(pre, shape, where)
+
+
+@dataclass
+class CalibrationResult:
+    """What a calibration produced; ``layers`` is the per-layer table (a DataFrame)."""
+
+    prepared: PreparedModel = field(repr=False)
+    config: QuantConfig = field(repr=False)
+    calibrator: Calibrator = field(repr=False)
+    fake_quant_model: onnx.ModelProto = field(repr=False)
+    deploy_model: onnx.ModelProto = field(repr=False)
+    seconds: float
+    paths: RunPaths | None = None
+
+    @property
+    def layers(self) -> pd.DataFrame:
+        return self.calibrator.table
+
+    def __repr__(self) -> str:
+        where = f", save_dir='{self.paths.save_dir}'" if self.paths else ""
+        return (f"CalibrationResult(model={self.prepared.name!r}, layers={len(self.config.layers)}, "
+                f"int8={len(self.config.enabled)}, seconds={self.seconds:.1f}{where})")
+
+
+def build_config(prepared: PreparedModel, settings: CalibrationSettings, config=None) -> QuantConfig:
+    """Default config from ``settings``; a QuantConfig, or a config.json path, overrides it."""
+    base = QuantConfig.default({layer.name: layer.op for layer in prepared.layers},
+                               ActivationQuant(settings.act_method, settings.symmetric), settings.per_channel)
+    if config is None:
+        return base
+    if isinstance(config, QuantConfig):
+        base.check_layers(config.layers, "the given config")
+        return config
+    path = Path(config)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = read_json(path)
+    except ValueError as exc:
+        raise ConfigError(f"config file {path} is not valid JSON: {exc}") from exc
+    return config_from_dict(data, base, str(path))
+
+
+def collect_histograms(prepared: PreparedModel, data: ImageDataset, pre: Preprocess,
+                       settings: CalibrationSettings, progress: bool = True) -> dict:
+    """One float pass over the calibration images; histograms of every needed activation."""
+    names = observed_tensors(prepared.model, prepared.layers)
+    session = make_session(with_outputs(prepared.model, names))
+    batches = tqdm(data.iter_batches(pre, settings.batch_size), desc="calibrate", unit="batch",
+                   total=-(-len(data) // settings.batch_size), disable=not progress)
+    return observe(session, names, (batch.images for batch in batches), settings.bins)
+
+
+def quantize_models(prepared: PreparedModel, calibrator: Calibrator):
+    """Fake-quant and deploy models for the calibrator's enabled layers."""
+    fake = make_fake_quant_model(prepared.model, calibrator.quant_)
+    deploy = make_deploy_model(prepared.model, calibrator.quant_, calibrator.tensor_qparams_)
+    return fake, deploy
+
+
+def calibrate(model, data, save_dir=None, settings: CalibrationSettings | None = None, config=None,
+              preprocess=None, progress: bool = True) -> CalibrationResult:
+    """Calibrate every layer of ``model`` on the first ``calib_num`` images of ``data``.
+
+    ``config`` (QuantConfig or config.json path) may disable layers or change methods.
+    With ``save_dir`` the run folder is written (results/, tmp/, log/), all or nothing.
+    """
+    start = time.perf_counter()
+    settings = settings or CalibrationSettings()
+    prepared = prepare_model(model)
+    dataset = data if isinstance(data, ImageDataset) else ImageDataset(data)
+    calib = dataset.subset(settings.calib_num)
+    pre = resolve_preprocess(prepared.model, preprocess)
+    check_preprocess(prepared.model, pre, prepared.name)
+    quant_config = build_config(prepared, settings, config)
+    paths = RunPaths(Path(save_dir), prepared.name) if save_dir is not None else None
+    with _maybe_log(paths):
+        log.info("calibrating %s: %d layers, %d images from %s, activations %s%s, weights %s",
+                 prepared.name, len(prepared.layers), len(calib), dataset.root, settings.act_method.value,
+                 " symmetric" if settings.symmetric else "", "per channel" if settings.per_channel else "per tensor")
+        observers = collect_histograms(prepared, calib, pre, settings, progress)
+        calibrator = Calibrator(quant_config).fit(prepared.model, observers)
+        fake, deploy = quantize_models(prepared, calibrator)
+        result = CalibrationResult(prepared, quant_config, calibrator, fake, deploy,
+                                   time.perf_counter() - start, paths)
+        if paths is not None:
+            write_run(result, paths)
+            log.info("calibration done in %.1f s; files in %s", result.seconds, paths.save_dir)
+    return result
+
+
+def write_run(result: CalibrationResult, paths: RunPaths) -> None:
+    """Stage every result file in a temp folder, then move them into place together."""
+    staging = paths.make_temp_dir()
+    try:
+        staged = RunPaths(staging, paths.name)
+        prepared = result.prepared
+        save_model(result.fake_quant_model, staged.fake_quant_model)
+        save_model(result.deploy_model, staged.deploy_model)
+        atomic_write_json(staged.quant_json, make_quant_map(
+            prepared.name, [layer.name for layer in prepared.layers], prepared.fusions,
+            prepared.renamed, result.config.enabled))
+        atomic_write_json(staged.config, config_to_dict(result.config))
+        atomic_write_text(staged.scale_offset_record,
+                          format_scale_offset_record(result.calibrator.quant_))
+        for attr in ("fake_quant_model", "deploy_model", "quant_json", "config", "scale_offset_record"):
+            target = getattr(paths, attr)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            getattr(staged, attr).replace(target)
+    finally:
+        remove_dir(staging)
+
+
+def _maybe_log(paths: RunPaths | None):
+    if paths is None:
+        from contextlib import nullcontext
+        return nullcontext()
+    return log_to_file(paths.log_file)
