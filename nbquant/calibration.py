@@ -110,9 +110,11 @@ class Calibrator:
     def _activation_qparams(self, tensor: str, settings) -> tuple[QParams, tuple[float, float]]:
         act = settings.activation
         qrange = INT8 if act.symmetric else UINT8
-        counts, edges = self.observers_[tensor].histogram
+        observer = self.observers_[tensor]
+        counts, edges = observer.nonzero_histogram
         method = clip_methods.METHODS[act.method.value]
-        lo, hi = method(counts, edges, qrange, act.symmetric, percentile=act.percentile)
+        lo, hi = method(counts, edges, qrange, act.symmetric, percentile=act.percentile,
+                        observed=(observer.min_, observer.max_))
         return qparams_from_range(lo, hi, qrange, act.symmetric), (lo, hi)
 
     @property

@@ -13,13 +13,15 @@ from .numerics import UINT8, fake_quantize, qparams_from_range
 N_CANDIDATES = 200
 
 
-def minmax_range(counts, edges, qrange=UINT8, symmetric=False, **_):
-    """The observed extremes.
+def minmax_range(counts, edges, qrange=UINT8, symmetric=False, observed=None, **_):
+    """The observed extremes (exact when ``observed`` = (min, max) is given, else the bin edges).
 
     >>> counts, edges = np.array([1.0, 0, 1]), np.array([0.0, 1, 2, 3])
     >>> minmax_range(counts, edges)
     (0.0, 3.0)
     """
+    if observed is not None:
+        return float(observed[0]), float(observed[1])
     nonzero = np.flatnonzero(counts)
     return float(edges[nonzero[0]]), float(edges[nonzero[-1] + 1])
 
@@ -37,15 +39,15 @@ def percentile_range(counts, edges, qrange=UINT8, symmetric=False, percentile=99
     return lo, hi
 
 
-def candidate_ranges(counts, edges, n=N_CANDIDATES, smallest=0.05):
+def candidate_ranges(counts, edges, n=N_CANDIDATES, smallest=0.05, observed=None):
     """Shrinking ranges ``f * [lo, hi]`` for f from 1 down to ``smallest``, as (lo, hi) arrays."""
-    lo, hi = minmax_range(counts, edges)
+    lo, hi = minmax_range(counts, edges, observed=observed)
     lo, hi = min(lo, 0.0), max(hi, 0.0)
     factors = np.linspace(1.0, smallest, n)
     return lo * factors, hi * factors
 
 
-def mse_range(counts, edges, qrange=UINT8, symmetric=False, **_):
+def mse_range(counts, edges, qrange=UINT8, symmetric=False, observed=None, **_):
     """The clip range with the least squared quantize-dequantize error (IFMR-style search).
 
     Error is summed over bin centres weighted by counts; candidates shrink the observed range.
@@ -53,7 +55,7 @@ def mse_range(counts, edges, qrange=UINT8, symmetric=False, **_):
     centers = 0.5 * (edges[:-1] + edges[1:])
     used = counts > 0
     centers, weights = centers[used], counts[used]
-    los, his = candidate_ranges(counts, edges)
+    los, his = candidate_ranges(counts, edges, observed=observed)
     params = qparams_from_range(los, his, qrange, symmetric)
     scale = params.scale.astype(np.float64)[:, None]
     zero_point = params.zero_point[:, None]
@@ -63,7 +65,7 @@ def mse_range(counts, edges, qrange=UINT8, symmetric=False, **_):
     return float(los[best]), float(his[best])
 
 
-def kl_range(counts, edges, qrange=UINT8, symmetric=False, bins_per_level=8, **_):
+def kl_range(counts, edges, qrange=UINT8, symmetric=False, bins_per_level=8, observed=None, **_):
     """The clip range whose quantized histogram is closest in KL divergence (TensorRT-style).
 
     Each candidate range is re-binned onto ``levels * bins_per_level`` bins, so every
@@ -71,7 +73,7 @@ def kl_range(counts, edges, qrange=UINT8, symmetric=False, bins_per_level=8, **_
     """
     levels = qrange[1] - qrange[0] + 1
     cdf = np.concatenate([[0.0], np.cumsum(counts)])
-    los, his = candidate_ranges(counts, edges)
+    los, his = candidate_ranges(counts, edges, observed=observed)
     scores = []
     for lo, hi in zip(los, his):
         grid = np.linspace(lo, hi, levels * bins_per_level + 1)

@@ -35,19 +35,20 @@ class HistogramObserver:
         if x.size == 0:
             return self
         if not hasattr(self, "counts_"):
-            self.min_, self.max_, self.count_ = lo, hi, 0
+            self.min_, self.max_, self.count_, self.zeros_ = lo, hi, 0, 0
             self.counts_ = np.zeros(self.bins, dtype=np.float64)
             self.edges_ = _edges(lo, hi, self.bins)
         elif lo < self.edges_[0] or hi > self.edges_[-1]:
             self._widen(min(lo, self.edges_[0]), max(hi, self.edges_[-1]))
         self.min_, self.max_ = min(self.min_, lo), max(self.max_, hi)
         self.count_ += x.size
+        self.zeros_ += int(np.count_nonzero(x == 0))
         self.counts_ += _bin_counts(x, self.edges_[0], self.edges_[-1], self.bins)
         return self
 
     def fit(self, batches) -> "HistogramObserver":
         """Histogram of every batch in ``batches`` (an iterable of arrays)."""
-        for key in ("counts_", "edges_", "min_", "max_", "count_"):
+        for key in ("counts_", "edges_", "min_", "max_", "count_", "zeros_"):
             self.__dict__.pop(key, None)
         for x in batches:
             self.partial_fit(x)
@@ -59,6 +60,17 @@ class HistogramObserver:
         if not hasattr(self, "counts_"):
             raise NotFittedError("HistogramObserver has seen no data yet; call partial_fit first")
         return self.counts_, self.edges_
+
+    @property
+    def nonzero_histogram(self) -> tuple[np.ndarray, np.ndarray]:
+        """(counts, edges) without the exact zeros (ReLU's spike), which quantize exactly
+        whatever the range; clip searches judge only the values that can suffer."""
+        counts, edges = self.histogram
+        counts = counts.copy()
+        if edges[0] <= 0.0 <= edges[-1]:
+            i = min(int(np.searchsorted(edges, 0.0, side="right")) - 1, len(counts) - 1)
+            counts[i] = max(counts[i] - self.zeros_, 0.0)
+        return counts, edges
 
     def _widen(self, lo: float, hi: float) -> None:
         # Grow by at least a quarter of the width so a slowly creeping range re-bins rarely.

@@ -1,0 +1,71 @@
+import numpy as np
+import pytest
+
+from nbquant import clip_methods
+from nbquant.errors import NotFittedError
+from nbquant.histogram import HistogramObserver
+from nbquant.numerics import INT8
+
+
+def test_streaming_histogram_keeps_all_counts_and_extremes():
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(0, 1, 1000), rng.normal(0, 3, 1000), rng.normal(5, 1, 1000)]
+    obs = HistogramObserver(bins=512).fit(batches)
+    counts, edges = obs.histogram
+    everything = np.concatenate(batches)
+    assert counts.sum() == pytest.approx(3000)
+    assert obs.min_ == pytest.approx(everything.min()) and obs.max_ == pytest.approx(everything.max())
+    assert edges[0] <= everything.min() and edges[-1] >= everything.max()
+    # re-binning keeps the distribution: the median is within a few bins of the true one
+    cdf = np.cumsum(counts) / counts.sum()
+    median = edges[np.searchsorted(cdf, 0.5)]
+    assert median == pytest.approx(np.median(everything), abs=4 * (edges[1] - edges[0]))
+
+
+def test_histogram_ignores_nan_and_inf():
+    obs = HistogramObserver(bins=16).partial_fit(np.array([0.0, 1.0, np.nan, np.inf]))
+    assert obs.count_ == 2 and obs.max_ == 1.0
+
+
+def test_unfitted_histogram_raises():
+    with pytest.raises(NotFittedError, match="partial_fit"):
+        HistogramObserver().histogram
+
+
+@pytest.fixture
+def relu_like():
+    rng = np.random.default_rng(1)
+    x = np.maximum(rng.normal(0, 1, 200_000), 0)
+    x[:3] = 40.0  # three far outliers
+    return HistogramObserver().fit([x])
+
+
+def test_minmax_keeps_outliers(relu_like):
+    counts, edges = relu_like.histogram
+    lo, hi = clip_methods.minmax_range(counts, edges, observed=(relu_like.min_, relu_like.max_))
+    assert (lo, hi) == (0.0, 40.0)
+
+
+@pytest.mark.parametrize("method", ["kl", "percentile"])
+def test_clipping_methods_cut_far_outliers(relu_like, method):
+    counts, edges = relu_like.histogram
+    lo, hi = clip_methods.METHODS[method](counts, edges, observed=(relu_like.min_, relu_like.max_))
+    assert lo == 0.0
+    assert 2.0 < hi < 20.0
+
+
+def test_mse_clips_a_heavy_tail_and_beats_minmax_on_its_error():
+    x = np.random.default_rng(3).exponential(1.0, 200_000)
+    obs = HistogramObserver().fit([x])
+    counts, edges = obs.histogram
+    lo, hi = clip_methods.mse_range(counts, edges, observed=(obs.min_, obs.max_))
+    assert lo == 0.0 and hi < 0.95 * obs.max_  # the range always holds zero
+    full = clip_methods.clip_error(counts, edges, obs.min_, obs.max_)
+    assert clip_methods.clip_error(counts, edges, lo, hi) < full
+
+
+def test_symmetric_mse_on_signed_data():
+    x = np.random.default_rng(2).laplace(0, 1, 100_000)
+    obs = HistogramObserver().fit([x])
+    lo, hi = clip_methods.mse_range(*obs.histogram, INT8, True)
+    assert lo < 0 < hi and hi < obs.max_

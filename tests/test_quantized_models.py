@@ -1,0 +1,115 @@
+"""Calibration scales, fake-quant and deploy models on tiny graphs, against hand computation."""
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+from nbquant.calibration import Calibrator, observe, observed_tensors, with_outputs
+from nbquant.config import ActivationQuant, ActMethod, QuantConfig
+from nbquant.deploy import make_deploy_model
+from nbquant.evaluation import make_session
+from nbquant.fusion import fold_batchnorm
+from nbquant.graph import find_layers, name_nodes
+from nbquant.numerics import fake_quantize, qparams_from_range, weight_qparams
+from nbquant.qdq import make_fake_quant_model
+from synthetic import conv_bn_model, gemm_matmul_model
+
+
+def calibrated(model, inputs, method=ActMethod.MINMAX, per_channel=True, disabled=()):
+    layers = find_layers(model)
+    names = observed_tensors(model, layers)
+    observers = observe(make_session(with_outputs(model, names)), names, inputs)
+    config = QuantConfig.default({l.name: l.op for l in layers}, ActivationQuant(method), per_channel)
+    return Calibrator(config.with_float(disabled)).fit(model, observers)
+
+
+@pytest.fixture
+def conv_model():
+    model, _ = name_nodes(conv_bn_model())
+    return fold_batchnorm(model)[0]
+
+
+@pytest.fixture
+def dense_model():
+    return name_nodes(gemm_matmul_model())[0]
+
+
+def batches(shape, n=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.normal(0, 1, shape).astype(np.float32) for _ in range(n)]
+
+
+def test_conv_scales_and_zero_points_hand_computed(conv_model):
+    data = batches((2, 3, 8, 8))
+    cal = calibrated(conv_model, data)
+    allx = np.concatenate(data)
+    lo, hi = float(allx.min()), float(allx.max())
+    first = cal.quant_["Conv_0"]
+    assert float(first.activation.scale) == pytest.approx((hi - lo) / 255, rel=1e-6)
+    assert int(first.activation.zero_point) == round(-lo / ((hi - lo) / 255))
+    # the depthwise conv reads the Relu output: range [0, max], zero point 0
+    relu = np.concatenate([ReferenceEvaluator(with_outputs(conv_model, ["r"])).run(["r"], {"x": x})[0]
+                           for x in data])
+    second = cal.quant_["Conv_3"]
+    assert int(second.activation.zero_point) == 0
+    assert float(second.activation.scale) == pytest.approx(relu.max() / 255, rel=1e-6)
+    w = numpy_helper.to_array(next(i for i in conv_model.graph.initializer if i.name == "Conv_3/fused_weight"
+                                   or i.name == second.layer.weight))
+    expected = np.abs(w).reshape(4, -1).max(axis=1) / 127
+    assert np.allclose(second.weight.scale, expected, rtol=1e-6)
+    assert cal.table_.set_index("layer").loc["Conv_3", "weight_channels"] == 4
+
+
+def test_fake_quant_matches_numpy_reference(dense_model):
+    data = batches((4, 6))
+    cal = calibrated(dense_model, data, per_channel=False)
+    fq = make_fake_quant_model(dense_model, cal.quant_)
+    onnx.checker.check_model(fq)
+    assert [i.name for i in fq.graph.input] == ["x"] and [o.name for o in fq.graph.output] == ["y"]
+    init = {i.name: numpy_helper.to_array(i) for i in dense_model.graph.initializer}
+    x = data[0]
+    g, m = cal.quant_["Gemm_0"], cal.quant_["MatMul_2"]
+    h = fake_quantize(x, g.activation) @ fake_quantize(init["wg"], g.weight).T + init["bg"]
+    want = fake_quantize(np.maximum(h, 0), m.activation) @ fake_quantize(init["wm"], m.weight)
+    assert np.allclose(make_session(fq).run(None, {"x": x})[0], want, atol=1e-4)
+
+
+def test_disabled_layer_stays_float(dense_model):
+    cal = calibrated(dense_model, batches((4, 6)), disabled=["MatMul_2"])
+    fq = make_fake_quant_model(dense_model, cal.quant_)
+    matmul = next(n for n in fq.graph.node if n.op_type == "MatMul")
+    assert list(matmul.input) == ["r", "wm"]
+    assert set(cal.quant_) == {"Gemm_0"}
+
+
+def test_deploy_model_int8_weights_close_to_fake_quant(conv_model):
+    data = batches((2, 3, 8, 8))
+    cal = calibrated(conv_model, data)
+    fq = make_fake_quant_model(conv_model, cal.quant_)
+    dep = make_deploy_model(conv_model, cal.quant_, cal.tensor_qparams_)
+    onnx.checker.check_model(dep)
+    types = {i.name: i.data_type for i in dep.graph.initializer}
+    assert types["Conv_0/weight_quantized"] == onnx.TensorProto.INT8
+    assert types["Conv_0/bias_quantized"] == onnx.TensorProto.INT32
+    assert not any(t == onnx.TensorProto.FLOAT and "weight" in n and "scale" not in n for n, t in types.items())
+    x = data[0]
+    ref = make_session(conv_model).run(None, {"x": x})[0]
+    got_fq = make_session(fq).run(None, {"x": x})[0]
+    got_dep = make_session(dep).run(None, {"x": x})[0]
+    step = float(cal.tensor_qparams_["y"].scale) if "y" in cal.tensor_qparams_ else np.abs(ref).max() / 127
+    assert np.abs(got_dep - got_fq).max() < 4 * step + 0.05 * np.abs(ref).max()
+    assert np.abs(got_fq - ref).max() < 0.1 * np.abs(ref).max()
+
+
+def test_symmetric_activations_are_int8(dense_model):
+    cal = calibrated(dense_model, batches((4, 6)))
+    config = QuantConfig.default({"Gemm_0": "Gemm", "MatMul_2": "MatMul"},
+                                 ActivationQuant(ActMethod.MINMAX, symmetric=True))
+    sym = Calibrator(config).fit(dense_model, cal.observers_)
+    act = sym.quant_["Gemm_0"].activation
+    assert act.dtype == np.int8 and int(act.zero_point) == 0
+    hi = max(abs(sym.table_.loc[0, "act_min"]), sym.table_.loc[0, "act_max"])
+    assert float(act.scale) == pytest.approx(hi / 127, rel=1e-6)
+    assert sym.quant_["MatMul_2"].weight.scale.size == 1  # MatMul weights are per tensor by default
