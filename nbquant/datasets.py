@@ -54,7 +54,8 @@ class Batch(NamedTuple):
 @functools.lru_cache(maxsize=1)
 def load_class_names() -> tuple[ImageNetClass, ...]:
     """The 1000 ImageNet classes (wnid, name) in label-index order, from the package data."""
-    text = resources.files("nbquant").joinpath("resources/imagenet_classes.txt").read_text("utf-8")
+    path = resources.files("nbquant").joinpath("resources/imagenet_classes.txt")
+    text = path.read_text(encoding="utf-8")
     rows = (line.split(maxsplit=1) for line in text.splitlines() if line.strip())
     return tuple(ImageNetClass(wnid, name) for wnid, name in rows)
 
@@ -65,7 +66,8 @@ def _wnid_index() -> dict[str, int]:
 
 
 def _is_image(path: Path) -> bool:
-    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
+    hidden = path.name.startswith(".")
+    return not hidden and path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
 
 
 def _list_images(folder: Path, recursive: bool = False) -> list[Path]:
@@ -74,9 +76,9 @@ def _list_images(folder: Path, recursive: bool = False) -> list[Path]:
 
 
 def _class_folders(root: Path) -> list[Path]:
-    """Sorted non-hidden sub-folders of ``root`` that hold at least one image."""
+    """Sorted non-hidden sub-folders of ``root`` that hold at least one image (at any depth)."""
     subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    return [d for d in subdirs if _list_images(d, recursive=True)]
+    return [d for d in subdirs if any(_is_image(p) for p in d.rglob("*"))]
 
 
 def _wnid_of(name: str) -> str | None:
@@ -159,7 +161,8 @@ class ImageDataset:
 
     ``layout="auto"`` picks FOLDER when ``root`` has class sub-folders holding images,
     IMAGENET when every file name starts with a known wnid, else UNLABELED.
-    ``limit`` keeps only the first ``limit`` files (sorted order).
+    ``limit`` keeps only the first ``limit`` files (sorted order). ``skipped`` lists the
+    files found undecodable so far by ``iter_batches``.
     """
 
     def __init__(self, root: str | os.PathLike, layout: str | DatasetLayout = "auto",
@@ -218,8 +221,8 @@ class ImageDataset:
         """The ``n`` files starting at ``offset`` (sorted order), e.g. a calibration split."""
         n, offset = _check_count("n", n), _check_count("offset", offset, minimum=0)
         if n > len(self):
-            raise DataError(
-                f"calibration count {n} is larger than the {len(self)} images in {self.root}")
+            raise DataError(f"calibration count {n} is larger than the {len(self)} images "
+                            f"in {self.root}")
         if offset + n > len(self):
             raise DataError(f"calibration count {n} at offset {offset} goes past the "
                             f"{len(self)} images in {self.root}")

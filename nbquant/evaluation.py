@@ -92,7 +92,12 @@ def _prepare(model: ModelLike, pre: Preprocess | None) -> tuple[ort.InferenceSes
 
 
 def _limited(dataset: ImageDataset, limit: int | None) -> ImageDataset:
-    return dataset if limit is None or limit >= len(dataset) else dataset.subset(limit)
+    """The first ``limit`` images of ``dataset`` (all of them when limit is None or larger)."""
+    if limit is None:
+        return dataset
+    if not isinstance(limit, (int, np.integer)) or isinstance(limit, bool) or limit < 1:
+        raise ConfigError(f"limit must be a positive int or None, got {limit!r}")
+    return dataset if limit >= len(dataset) else dataset.subset(int(limit))
 
 
 def predictions(model: ModelLike, dataset: ImageDataset, pre: Preprocess | None = None,
@@ -113,7 +118,8 @@ def topk_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     """
     logits, labels = np.asarray(logits), np.asarray(labels)
     if logits.ndim != 2 or labels.shape != (logits.shape[0],):
-        raise ValueError(f"need logits [N, C] and labels [N], got {logits.shape} and {labels.shape}")
+        raise ValueError(
+            f"need logits [N, C] and labels [N], got {logits.shape} and {labels.shape}")
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
         raise ConfigError(f"k must be a positive int, got {k!r}")
     valid = (labels >= 0) & (labels < logits.shape[1])
@@ -149,7 +155,10 @@ def _accuracy(flags: np.ndarray, labeled: bool) -> float:
 
 def evaluate(model: ModelLike, dataset: ImageDataset, pre: Preprocess | None = None,
              batch_size: int = 32, limit: int | None = None, progress: bool = True) -> EvalResult:
-    """Top-1/top-5 accuracy of ``model`` on (the first ``limit`` images of) ``dataset``."""
+    """Top-1/top-5 accuracy of ``model`` on (the first ``limit`` images of) ``dataset``.
+
+    ``seconds`` is the wall time including session creation and image decoding.
+    """
     start = time.perf_counter()
     session, pre = _prepare(model, pre)
     data = _limited(dataset, limit)

@@ -7,6 +7,7 @@ Matches torchvision's ``Resize(resize)`` + ``CenterCrop(crop)`` + ``ToTensor`` +
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
@@ -113,7 +114,7 @@ def _check_positive_int(name: str, value: object) -> None:
 def _to_triple(name: str, value: object, positive: bool) -> tuple[float, float, float]:
     """Turn a sequence of three finite numbers into a float tuple, or raise ConfigError."""
     kind = "positive numbers" if positive else "finite numbers"
-    if not isinstance(value, Sequence) or isinstance(value, str) or len(value) != 3:
+    if not isinstance(value, (Sequence, np.ndarray)) or isinstance(value, str) or len(value) != 3:
         raise ConfigError(f"{name} must be 3 {kind} (one per channel), got {value!r}")
     if not all(_is_number(v) and math.isfinite(v) and (v > 0 or not positive) for v in value):
         raise ConfigError(f"{name} must be 3 {kind} (one per channel), got {value!r}")
@@ -150,18 +151,19 @@ def get_preset(name: str) -> Preprocess:
         return PRESETS[name]
     except (KeyError, TypeError):
         valid = ", ".join(sorted(PRESETS))
-        raise ConfigError(f"unknown preprocessing preset {name!r}; valid presets: {valid}") from None
+        message = f"unknown preprocessing preset {name!r}; valid presets: {valid}"
+        raise ConfigError(message) from None
 
 
 def resized_long_side(short: int, long: int, size: int, rounding: Rounding) -> int:
-    """Long side after scaling ``short`` to ``size``: 640x427 to 256 gives 383 (FLOOR), 384 (ROUND)."""
+    """Long side once ``short`` becomes ``size``: 640x427 to 256 is 383 (FLOOR), 384 (ROUND)."""
     exact = long * size / short
     return int(exact) if rounding is Rounding.FLOOR else math.floor(exact + 0.5)
 
 
 def resize_short_side(img: Image.Image, size: int, interpolation: Interpolation,
                       rounding: Rounding = Rounding.FLOOR) -> Image.Image:
-    """Resize so the short side is ``size``, keeping the aspect ratio (long side per ``rounding``)."""
+    """Resize so the short side is ``size``, keeping the aspect ratio (long side per rounding)."""
     w, h = img.size
     short, long = (w, h) if w <= h else (h, w)
     if short == size:
@@ -210,7 +212,8 @@ def _dims_match(declared: Sequence[object], produced: Sequence[int]) -> bool:
     return all(not isinstance(d, (int, np.integer)) or d == p for d, p in zip(declared, produced))
 
 
-def check_input_shape(pre: Preprocess, input_shape: Sequence[object], model_path_or_name) -> None:
+def check_input_shape(pre: Preprocess, input_shape: Sequence[object],
+                      model_path_or_name: str | os.PathLike) -> None:
     """Raise ConfigError when ``pre`` produces images the model's declared input cannot take.
 
     ``input_shape`` is the model's input shape, batch first; None or str dims are dynamic.

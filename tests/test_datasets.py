@@ -107,7 +107,8 @@ def test_subset(imagenet_dir):
     sub = data.subset(2, offset=1)
     assert sub.labels.tolist() == [1, 999] and sub.root == data.root
     assert sub.layout is data.layout and len(data) == 3
-    with pytest.raises(DataError, match=f"calibration count 2000 is larger than the 3 images in {imagenet_dir}"):
+    message = f"calibration count 2000 is larger than the 3 images in {imagenet_dir}"
+    with pytest.raises(DataError, match=message):
         data.subset(2000)
     with pytest.raises(DataError, match="calibration count 2 at offset 2 goes past the 3 images"):
         data.subset(2, offset=2)
@@ -149,6 +150,15 @@ def test_all_images_undecodable(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="nbquant.datasets"):
         with pytest.raises(DataError, match=f"none of the 2 images in {tmp_path} could be decoded"):
             list(data.iter_batches(PRE))
+
+
+def test_partial_wordnet_class_folders_warn_about_label_order(tmp_path, caplog):
+    write_image(tmp_path / "n01443537" / "a.png")
+    write_image(tmp_path / "n15075141" / "b.png")
+    with caplog.at_level(logging.WARNING, logger="nbquant.datasets"):
+        data = ImageDataset(tmp_path)
+    assert data.labels.tolist() == [0, 1]
+    assert "WordNet ids but only 2 of 1000" in caplog.text
 
 
 @pytest.mark.real

@@ -110,6 +110,11 @@ def test_evaluate_limit_and_unlabeled(colour_dir):
     assert result.samples["label"].tolist() == [-1, -1]
 
 
+def test_evaluate_rejects_bad_limit(colour_dir):
+    with pytest.raises(ConfigError, match="limit must be a positive int or None, got 0"):
+        evaluate(tiny_model(), ImageDataset(colour_dir), PRE, limit=0, progress=False)
+
+
 def test_evaluate_rejects_mismatched_preprocessing(colour_dir):
     with pytest.raises(ConfigError, match=r"model tiny expects input \[N, 3, 16, 16\] but "
                                           r"preprocessing crop=8 layout=NCHW gives \[3, 8, 8\]"):
