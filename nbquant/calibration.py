@@ -14,8 +14,10 @@ from . import clip_methods
 from .config import QuantConfig
 from .errors import NotFittedError
 from .graph import Layer, _copy, constants, find_layers
+from .bias_correction import weight_error_shift
+from .channel_mean import ChannelMeanObserver
 from .histogram import DEFAULT_BINS, HistogramObserver
-from .numerics import INT8, UINT8, QParams, qparams_from_range, weight_qparams
+from .numerics import INT8, UINT8, QParams, fake_quantize, qparams_from_range, weight_qparams
 
 log = logging.getLogger(__name__)
 
@@ -24,12 +26,14 @@ ACTIVATION_OPS = ("Clip", "Relu")
 
 @dataclass(frozen=True)
 class LayerQuant:
-    """The quantization of one enabled layer: its input activation and its weight."""
+    """The quantization of one enabled layer: its input activation, its weight, and its
+    bias when bias correction changed it (None: the model's own bias is used)."""
 
     layer: Layer
     activation: QParams
     weight: QParams
     clip: tuple[float, float]
+    bias: np.ndarray | None = None
 
 
 def post_layer_tensor(model: onnx.ModelProto, layer: Layer) -> str:
@@ -60,21 +64,29 @@ def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     return model
 
 
-def observe(session, names: list[str], batches, bins: int = DEFAULT_BINS) -> dict[str, HistogramObserver]:
-    """Run ``session`` (a model made by :func:`with_outputs`) and histogram the named tensors."""
+def observe(session, names: list[str], batches, bins: int = DEFAULT_BINS, mean_names=()) -> tuple[dict, dict]:
+    """Run ``session`` (a model made by :func:`with_outputs`) over ``batches``.
+
+    Returns histograms of every named tensor and per-channel means of those in ``mean_names``.
+    """
     input_name = session.get_inputs()[0].name
-    observers = {name: HistogramObserver(bins) for name in names}
+    observers = [(name, HistogramObserver(bins)) for name in names]
+    observers += [(name, ChannelMeanObserver()) for name in mean_names]
+    index = {name: i for i, name in enumerate(names)}
     with ThreadPoolExecutor(max_workers=2) as pool:
         for batch in batches:
             outputs = session.run(names, {input_name: batch})
-            list(pool.map(lambda pair: pair[0].partial_fit(pair[1]), zip(observers.values(), outputs)))
-    return observers
+            list(pool.map(lambda pair: pair[1].partial_fit(outputs[index[pair[0]]]), observers))
+    histograms = {n: o for n, o in observers if isinstance(o, HistogramObserver)}
+    means = {n: o for n, o in observers if isinstance(o, ChannelMeanObserver)}
+    return histograms, means
 
 
 class Calibrator:
     """Turns activation histograms and weights into scales and zero points for each layer.
 
-    ``fit(model, observers)`` needs the histograms of :func:`observed_tensors`; afterwards
+    ``fit(model, observers, means)`` needs the histograms of :func:`observed_tensors` (and,
+    for bias correction, the channel means of the layer inputs); afterwards
     ``quant_`` maps each enabled layer to its :class:`LayerQuant`, ``tensor_qparams_`` maps
     post-layer tensors to their params (for the deploy model) and ``table_`` is a DataFrame.
     """
@@ -85,27 +97,44 @@ class Calibrator:
     def __repr__(self) -> str:
         return f"Calibrator(layers={len(self.config.layers)}, enabled={len(self.config.enabled)})"
 
-    def fit(self, model: onnx.ModelProto, observers: dict[str, HistogramObserver]) -> "Calibrator":
+    def fit(self, model: onnx.ModelProto, observers: dict[str, HistogramObserver],
+            means: dict[str, ChannelMeanObserver] | None = None) -> "Calibrator":
         values = constants(model)
+        self.means_ = means or {}
+        groups = {n.name: next((a.i for a in n.attribute if a.name == "group"), 1) for n in model.graph.node}
         self.layers_ = find_layers(model, values)
         self.config.check_layers([layer.name for layer in self.layers_], "the model")
         self.observers_ = observers
         self.quant_, self.tensor_qparams_, rows = {}, {}, []
         for layer in self.layers_:
             settings = self.config.layers[layer.name]
-            quant = self._layer_quant(layer, settings, values)
+            quant = self._layer_quant(layer, settings, values, groups.get(layer.name, 1))
             post = post_layer_tensor(model, layer)
             self.tensor_qparams_[post] = self._activation_qparams(post, settings)[0]
             if settings.enabled:
                 self.quant_[layer.name] = quant
-            rows.append(_table_row(layer, settings, quant, observers[layer.input]))
+            rows.append(_table_row(layer, settings, quant, observers[layer.input], values))
         self.table_ = pd.DataFrame(rows)
         return self
 
-    def _layer_quant(self, layer: Layer, settings, values) -> LayerQuant:
+    def _layer_quant(self, layer: Layer, settings, values, group: int) -> LayerQuant:
         activation, clip = self._activation_qparams(layer.input, settings)
         weight = weight_qparams(values[layer.weight], settings.weight.per_channel, layer.weight_axis)
-        return LayerQuant(layer, activation, weight, clip)
+        bias = None
+        if settings.weight.bias_correction and layer.input in self.means_:
+            bias = self._corrected_bias(layer, weight, values, group)
+        return LayerQuant(layer, activation, weight, clip, bias)
+
+    def _corrected_bias(self, layer: Layer, weight: QParams, values, group: int) -> np.ndarray | None:
+        w = values[layer.weight]
+        w_fq = fake_quantize(w, weight, layer.weight_axis)
+        if layer.op == "Gemm" and layer.weight_axis == 1:
+            w, w_fq = w.T, w_fq.T
+        shift = weight_error_shift(w, w_fq, self.means_[layer.input].mean, layer.op, group)
+        if shift is None:
+            return None
+        bias = values[layer.bias].astype(np.float64) if layer.bias else np.zeros(shift.shape)
+        return (bias - shift).astype(np.float32)
 
     def _activation_qparams(self, tensor: str, settings) -> tuple[QParams, tuple[float, float]]:
         act = settings.activation
@@ -124,8 +153,9 @@ class Calibrator:
         return self.table_
 
 
-def _table_row(layer: Layer, settings, quant: LayerQuant, observer: HistogramObserver) -> dict:
+def _table_row(layer: Layer, settings, quant: LayerQuant, observer: HistogramObserver, values) -> dict:
     weight_scale = np.atleast_1d(quant.weight.scale)
+    old_bias = values[layer.bias] if layer.bias else 0.0
     return {
         "layer": layer.name, "op": layer.op, "enabled": settings.enabled,
         "act_method": settings.activation.method.value,
@@ -136,4 +166,5 @@ def _table_row(layer: Layer, settings, quant: LayerQuant, observer: HistogramObs
         "weight_per_channel": settings.weight.per_channel,
         "weight_scale_min": float(weight_scale.min()), "weight_scale_max": float(weight_scale.max()),
         "weight_channels": int(weight_scale.size),
+        "bias_shift_max": float(np.max(np.abs(quant.bias - old_bias))) if quant.bias is not None else 0.0,
     }

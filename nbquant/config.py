@@ -58,10 +58,12 @@ class ActivationQuant:
 
 @dataclass(frozen=True)
 class WeightQuant:
-    """Weight settings: symmetric int8, one scale per output channel unless per-tensor."""
+    """Weight settings: symmetric int8, one scale per output channel unless per-tensor;
+    ``bias_correction`` moves the mean output shift that weight rounding causes into the bias."""
 
     per_channel: bool = True
     num_bits: int = 8
+    bias_correction: bool = True
 
     def __post_init__(self):
         _check_bits(self.num_bits, "weight num_bits")
@@ -87,11 +89,12 @@ class QuantConfig:
 
     @classmethod
     def default(cls, layer_ops: dict[str, str], activation: ActivationQuant | None = None,
-                per_channel: bool = True) -> "QuantConfig":
+                per_channel: bool = True, bias_correction: bool = True) -> "QuantConfig":
         """All layers enabled with the same settings; MatMul weights per tensor, as usual."""
         activation = activation or ActivationQuant()
         layers = {
-            name: LayerConfig(True, activation, WeightQuant(per_channel and op != "MatMul"))
+            name: LayerConfig(True, activation,
+                              WeightQuant(per_channel and op != "MatMul", bias_correction=bias_correction))
             for name, op in layer_ops.items()
         }
         return cls(layers)
@@ -134,7 +137,8 @@ def config_to_dict(config: QuantConfig) -> dict:
             "quant_enable": layer.enabled,
             "activation_quant_params": act_params,
             "weight_quant_params": {"num_bits": layer.weight.num_bits, "wts_algo": "arq_quantize",
-                                    "channel_wise": layer.weight.per_channel},
+                                    "channel_wise": layer.weight.per_channel,
+                                    "bias_correction": layer.weight.bias_correction},
         }
     return out
 
@@ -174,7 +178,8 @@ def _layer_from_dict(entry, base: LayerConfig, asymmetric_default: bool, where: 
         num_bits=int(act.get("num_bits", base.activation.num_bits)),
     )
     weight = WeightQuant(bool(wts.get("channel_wise", base.weight.per_channel)),
-                         int(wts.get("num_bits", base.weight.num_bits)))
+                         int(wts.get("num_bits", base.weight.num_bits)),
+                         bool(wts.get("bias_correction", base.weight.bias_correction)))
     return LayerConfig(enabled, activation, weight)
 
 

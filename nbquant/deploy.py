@@ -21,7 +21,7 @@ import onnx
 from .calibration import LayerQuant, post_layer_tensor
 from .graph import constants
 from .numerics import QParams, quantize, quantize_bias
-from .qdq import GraphEdit, node_by_name
+from .qdq import GraphEdit, node_by_name, set_bias
 
 
 def make_deploy_model(model: onnx.ModelProto, quant: dict[str, LayerQuant],
@@ -53,17 +53,18 @@ def _integer_weight(edit: GraphEdit, node: onnx.NodeProto, lq: LayerQuant, value
     quantized = edit.constant(f"{name}/weight_quantized", weight_q)
     scale, zero_point = edit.qparam_inputs(f"{name}/weight", lq.weight)
     node.input[1] = edit.dequantize(name, quantized, f"{name}/weight", scale, zero_point, axis)
-    if layer.bias is None:
+    bias = lq.bias if lq.bias is not None else (values[layer.bias] if layer.bias else None)
+    if bias is None:
         return
     bias_scale = (np.float32(lq.activation.scale) * np.asarray(lq.weight.scale, np.float32)).astype(np.float32)
-    bias_q = quantize_bias(values[layer.bias], float(lq.activation.scale), np.asarray(lq.weight.scale))
+    bias_q = quantize_bias(bias, float(lq.activation.scale), np.asarray(lq.weight.scale))
     if bias_scale.size == 1 and bias_q.size > 1:
         bias_scale, axis = bias_scale.reshape(()), {}
     edit.constant(f"{name}/bias_quantized", bias_q)
     edit.constant(f"{name}/bias_scale", bias_scale.reshape(-1) if bias_scale.size > 1 else bias_scale)
     edit.constant(f"{name}/bias_zero_point", np.zeros(bias_scale.shape, np.int32))
-    node.input[2] = edit.dequantize(name, f"{name}/bias_quantized", f"{name}/bias",
-                                    f"{name}/bias_scale", f"{name}/bias_zero_point", axis)
+    set_bias(node, edit.dequantize(name, f"{name}/bias_quantized", f"{name}/bias",
+                                   f"{name}/bias_scale", f"{name}/bias_zero_point", axis))
 
 
 def _first_consumer(model: onnx.ModelProto, tensor: str) -> str:

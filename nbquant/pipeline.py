@@ -27,7 +27,7 @@ from .runlog import log_to_file
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ACT_METHOD = ActMethod.MINMAX
+DEFAULT_ACT_METHOD = ActMethod.MSE
 METADATA_PREFIX = "nbquant.preprocess."
 
 
@@ -39,6 +39,7 @@ class CalibrationSettings:
     act_method: ActMethod = DEFAULT_ACT_METHOD
     symmetric: bool = False
     per_channel: bool = True
+    bias_correction: bool = True
     batch_size: int = 10
     bins: int = 4096
 
@@ -133,7 +134,8 @@ class CalibrationResult:
 def build_config(prepared: PreparedModel, settings: CalibrationSettings, config=None) -> QuantConfig:
     """Default config from ``settings``; a QuantConfig, or a config.json path, overrides it."""
     base = QuantConfig.default({layer.name: layer.op for layer in prepared.layers},
-                               ActivationQuant(settings.act_method, settings.symmetric), settings.per_channel)
+                               ActivationQuant(settings.act_method, settings.symmetric), settings.per_channel,
+                               settings.bias_correction)
     if config is None:
         return base
     if isinstance(config, QuantConfig):
@@ -151,12 +153,14 @@ def build_config(prepared: PreparedModel, settings: CalibrationSettings, config=
 
 def collect_histograms(prepared: PreparedModel, data: ImageDataset, pre: Preprocess,
                        settings: CalibrationSettings, progress: bool = True) -> dict:
-    """One float pass over the calibration images; histograms of every needed activation."""
+    """One float pass over the calibration images: histograms of every needed activation and
+    channel means of every layer input."""
     names = observed_tensors(prepared.model, prepared.layers)
     session = make_session(with_outputs(prepared.model, names))
     batches = tqdm(data.iter_batches(pre, settings.batch_size), desc="calibrate", unit="batch",
                    total=-(-len(data) // settings.batch_size), disable=not progress)
-    return observe(session, names, (batch.images for batch in batches), settings.bins)
+    mean_names = list(dict.fromkeys(layer.input for layer in prepared.layers))
+    return observe(session, names, (batch.images for batch in batches), settings.bins, mean_names)
 
 
 def quantize_models(prepared: PreparedModel, calibrator: Calibrator):
@@ -186,8 +190,8 @@ def calibrate(model, data, save_dir=None, settings: CalibrationSettings | None =
         log.info("calibrating %s: %d layers, %d images from %s, activations %s%s, weights %s",
                  prepared.name, len(prepared.layers), len(calib), dataset.root, settings.act_method.value,
                  " symmetric" if settings.symmetric else "", "per channel" if settings.per_channel else "per tensor")
-        observers = collect_histograms(prepared, calib, pre, settings, progress)
-        calibrator = Calibrator(quant_config).fit(prepared.model, observers)
+        histograms, means = collect_histograms(prepared, calib, pre, settings, progress)
+        calibrator = Calibrator(quant_config).fit(prepared.model, histograms, means)
         fake, deploy = quantize_models(prepared, calibrator)
         result = CalibrationResult(prepared, quant_config, calibrator, fake, deploy,
                                    time.perf_counter() - start, paths)

@@ -94,4 +94,14 @@ def make_fake_quant_model(model: onnx.ModelProto, quant: dict[str, LayerQuant]) 
         node.input[0] = edit.quantize_dequantize(name, lq.layer.input, f"{name}/input", lq.activation)
         node.input[1] = edit.quantize_dequantize(name, lq.layer.weight, f"{name}/weight", lq.weight,
                                                  axis=lq.layer.weight_axis)
+        if lq.bias is not None:
+            set_bias(node, edit.constant(f"{name}/corrected_bias", lq.bias))
     return edit.finish()
+
+
+def set_bias(node: onnx.NodeProto, name: str) -> None:
+    """Make ``name`` the bias (third input) of a Conv/Gemm node, adding the input if absent."""
+    if len(node.input) > 2:
+        node.input[2] = name
+    else:
+        node.input.append(name)

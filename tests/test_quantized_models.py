@@ -17,12 +17,14 @@ from nbquant.qdq import make_fake_quant_model
 from synthetic import conv_bn_model, gemm_matmul_model
 
 
-def calibrated(model, inputs, method=ActMethod.MINMAX, per_channel=True, disabled=()):
+def calibrated(model, inputs, method=ActMethod.MINMAX, per_channel=True, disabled=(), bias_correction=False):
     layers = find_layers(model)
     names = observed_tensors(model, layers)
-    observers = observe(make_session(with_outputs(model, names)), names, inputs)
-    config = QuantConfig.default({l.name: l.op for l in layers}, ActivationQuant(method), per_channel)
-    return Calibrator(config.with_float(disabled)).fit(model, observers)
+    means = [layer.input for layer in layers]
+    observers, channel_means = observe(make_session(with_outputs(model, names)), names, inputs, mean_names=means)
+    config = QuantConfig.default({l.name: l.op for l in layers}, ActivationQuant(method), per_channel,
+                                 bias_correction=bias_correction)
+    return Calibrator(config.with_float(disabled)).fit(model, observers, channel_means)
 
 
 @pytest.fixture
@@ -113,3 +115,20 @@ def test_symmetric_activations_are_int8(dense_model):
     hi = max(abs(sym.table_.loc[0, "act_min"]), sym.table_.loc[0, "act_max"])
     assert float(act.scale) == pytest.approx(hi / 127, rel=1e-6)
     assert sym.quant_["MatMul_2"].weight.scale.size == 1  # MatMul weights are per tensor by default
+
+
+def test_bias_correction_removes_the_mean_output_shift(conv_model):
+    rng = np.random.default_rng(5)
+    data = [(rng.normal(0, 1, (4, 3, 8, 8)) + 0.7).astype(np.float32) for _ in range(4)]  # non-zero mean
+    plain = calibrated(conv_model, data, per_channel=False)
+    fixed = calibrated(conv_model, data, per_channel=False, bias_correction=True)
+    assert fixed.quant_["Conv_0"].bias is not None and plain.quant_["Conv_0"].bias is None
+    assert fixed.table_["bias_shift_max"].max() > 0
+    x = np.concatenate(data)
+    ref = make_session(conv_model).run(None, {"x": x})[0]
+    for cal in (plain, fixed):
+        out = make_session(make_fake_quant_model(conv_model, cal.quant_)).run(None, {"x": x})[0]
+        cal.shift = np.abs((out - ref).mean(axis=(0, 2, 3))).max()
+    assert fixed.shift < 0.5 * plain.shift
+    dep = make_deploy_model(conv_model, fixed.quant_, fixed.tensor_qparams_)
+    assert np.abs((make_session(dep).run(None, {"x": x})[0] - ref).mean(axis=(0, 2, 3))).max() < plain.shift
