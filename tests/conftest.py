@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from nbquant import settings
 from nbquant.datasets import ImageDataset
+
+
+def _missing(reason: str):
+    """Skip a real-data test, or fail it where CI demands the real data (NBQUANT_REQUIRE_REAL=1)."""
+    if os.environ.get("NBQUANT_REQUIRE_REAL") == "1":
+        pytest.fail(f"NBQUANT_REQUIRE_REAL=1 but {reason}")
+    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
@@ -13,7 +22,7 @@ def real_data() -> ImageDataset:
     """The real image folder as an ImageDataset; skips when NBQUANT_DATA does not point at one."""
     path = settings.data_dir()
     if not path.is_dir():
-        pytest.skip(f"real images not found at {path}; set NBQUANT_DATA to the image folder")
+        _missing(f"real images not found at {path}; set NBQUANT_DATA to the image folder")
     return ImageDataset(path)
 
 
@@ -23,7 +32,15 @@ def real_model_path():
     try:
         path = settings.model_path()
     except Exception as exc:  # a folder without exactly one .onnx file
-        pytest.skip(f"real model unusable: {exc}")
+        _missing(f"real model unusable: {exc}")
     if not path.is_file():
-        pytest.skip(f"real model not found at {path}; set NBQUANT_MODEL to the .onnx file")
+        _missing(f"real model not found at {path}; set NBQUANT_MODEL to the .onnx file")
     return path
+
+
+@pytest.fixture(scope="session")
+def real_calibration(real_model_path, real_data, tmp_path_factory):
+    """One default calibration run of the real model on its first 100 images, written to disk."""
+    from nbquant.pipeline import calibrate
+    save_dir = tmp_path_factory.mktemp("real_run")
+    return calibrate(real_model_path, real_data, save_dir=save_dir, progress=False)

@@ -1,0 +1,57 @@
+"""Latency of nbquant's deploy model against the float model and onnxruntime's quantize_static QDQ model.
+
+Run: python benchmarks/deploy_latency.py  (model and images from NBQUANT_MODEL / NBQUANT_DATA)
+Prints median latency at batch 1 and 32 and each model's ratio to the float model.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from common import latency_ms, machine, model_and_data, parser
+from nbquant.datasets import ImageDataset
+from nbquant.pipeline import calibrate, resolve_preprocess
+from nbquant.graph import load_model
+
+
+class Reader(CalibrationDataReader):
+    def __init__(self, dataset, pre, name):
+        self.batches = ({name: b.images} for b in dataset.iter_batches(pre, 10))
+
+    def get_next(self):
+        return next(self.batches, None)
+
+
+def ort_qdq_model(model_path: str, data: ImageDataset, folder: Path) -> Path:
+    """onnxruntime's own static QDQ quantization (per-channel int8 weights, uint8 activations)."""
+    pre = resolve_preprocess(load_model(model_path))
+    prepped, out = folder / "pre.onnx", folder / "ort_qdq.onnx"
+    quant_pre_process(model_path, str(prepped), skip_symbolic_shape=True)
+    name = load_model(model_path).graph.input[0].name
+    quantize_static(str(prepped), str(out), Reader(data, pre, name), quant_format=QuantFormat.QDQ,
+                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    return out
+
+
+def main() -> None:
+    args = parser(__doc__).parse_args()
+    model_path, data_dir = model_and_data(args)
+    calib = ImageDataset(data_dir).subset(100)
+    with tempfile.TemporaryDirectory() as tmp:
+        run = calibrate(model_path, calib, save_dir=Path(tmp) / "run", progress=False)
+        models = {"float": model_path, "nbquant deploy": run.paths.deploy_model,
+                  "onnxruntime quantize_static QDQ": ort_qdq_model(model_path, calib, Path(tmp))}
+        print(f"machine: {machine()}, threads {args.threads}")
+        rows = {label: {b: latency_ms(m, b, args.threads) for b in (1, 32)} for label, m in models.items()}
+    base = rows["float"]
+    print(f"{'model':34s} {'batch 1 ms':>10s} {'ratio':>6s} {'batch 32 ms':>11s} {'ratio':>6s}")
+    for label, r in rows.items():
+        print(f"{label:34s} {r[1]:10.2f} {r[1] / base[1]:6.2f} {r[32]:11.1f} {r[32] / base[32]:6.2f}")
+
+
+if __name__ == "__main__":
+    main()

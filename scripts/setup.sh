@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Create .venv (Python >= 3.10) and install nbquant with the extras named in $1 (default dev,zoo).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="${1:-dev,zoo}"
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
+.venv/bin/python -m pip install --quiet -e ".[${extras}]"

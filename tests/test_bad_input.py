@@ -1,0 +1,137 @@
+"""Bad input: one clear line naming the file, layer or setting, exit code 2, no result files."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from PIL import Image
+
+from nbquant.cli import main
+from synthetic import conv_bn_model, no_layer_model
+
+SMALL = ["--resize", "8", "--crop", "8", "--calib-num", "4", "--eval-num", "0"]
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    path = tmp_path / "tiny.onnx"
+    onnx.save(conv_bn_model(), path)
+    return path
+
+
+@pytest.fixture
+def images(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (12, 10, 3), dtype=np.uint8)).save(folder / f"img{i}.png")
+    return folder
+
+
+def run(capsys, *args):
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def no_results(save_dir):
+    return not (save_dir / "results").exists() or not any((save_dir / "results").iterdir())
+
+
+def test_good_run_writes_results(capsys, model_file, images, tmp_path):
+    code, out, err = run(capsys, "calibrate", model_file, "--data", images, "--save-dir", tmp_path / "out", *SMALL)
+    assert code == 0, err
+    assert (tmp_path / "out/results/tiny_deploy_model.onnx").is_file()
+    assert "2 of 2 layers in int8" in out
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "missing.onnx does not exist"),
+    ("text", "notes.onnx is not"),
+    ("truncated", "cut.onnx"),
+    ("no_layer", "has no quantizable layer"),
+])
+def test_bad_model(capsys, case, message, model_file, images, tmp_path):
+    path = {"missing": tmp_path / "missing.onnx", "text": tmp_path / "notes.onnx",
+            "truncated": tmp_path / "cut.onnx", "no_layer": tmp_path / "relu.onnx"}[case]
+    if case == "text":
+        path.write_text("not a model")
+    elif case == "truncated":
+        path.write_bytes(model_file.read_bytes()[:300])
+    elif case == "no_layer":
+        onnx.save(no_layer_model(), path)
+    save_dir = tmp_path / "out"
+    code, _, err = run(capsys, "calibrate", path, "--data", images, "--save-dir", save_dir, *SMALL)
+    assert code == 2
+    assert message in err and err.count("\n") == 1
+    assert no_results(save_dir)
+
+
+def test_empty_folder(capsys, model_file, tmp_path):
+    (tmp_path / "empty").mkdir()
+    code, _, err = run(capsys, "calibrate", model_file, "--data", tmp_path / "empty", "--save-dir",
+                       tmp_path / "out", *SMALL)
+    assert code == 2 and "no images" in err and "empty" in err
+    assert no_results(tmp_path / "out")
+
+
+def test_no_decodable_image(capsys, model_file, tmp_path):
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    for i in range(5):
+        (folder / f"img{i}.jpg").write_bytes(b"not a jpeg")
+    code, _, err = run(capsys, "calibrate", model_file, "--data", folder, "--save-dir", tmp_path / "out", *SMALL)
+    assert code == 2 and "could be decoded" in err
+    assert no_results(tmp_path / "out")
+
+
+def test_undecodable_image_among_good_ones_is_skipped(capsys, caplog, model_file, images, tmp_path):
+    (images / "img0.png").write_bytes(b"\x89PNG broken")
+    code, _, err = run(capsys, "calibrate", model_file, "--data", images, "--save-dir", tmp_path / "out", *SMALL)
+    assert code == 0, err
+    assert any("img0.png" in r.getMessage() for r in caplog.records)
+
+
+def test_preprocessing_size_mismatch(capsys, model_file, images, tmp_path):
+    code, _, err = run(capsys, "calibrate", model_file, "--data", images, "--save-dir", tmp_path / "out",
+                       "--resize", "16", "--crop", "16", "--calib-num", "4")
+    assert code == 2 and "tiny" in err and "[N, 3, 8, 8]" in err and "crop=16" in err
+    assert no_results(tmp_path / "out")
+
+
+def test_calibration_count_larger_than_data(capsys, model_file, images, tmp_path):
+    code, _, err = run(capsys, "calibrate", model_file, "--data", images, "--save-dir", tmp_path / "out",
+                       "--resize", "8", "--crop", "8", "--calib-num", "50")
+    assert code == 2 and "calibration count 50" in err and "6 images" in err
+    assert no_results(tmp_path / "out")
+
+
+def test_config_with_unknown_layer(capsys, model_file, images, tmp_path):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"version": 1, "no_such_layer": {"quant_enable": False}}))
+    code, _, err = run(capsys, "calibrate", model_file, "--data", images, "--save-dir", tmp_path / "out",
+                       "--config", config, *SMALL)
+    assert code == 2 and "'no_such_layer'" in err and "config.json" in err
+    assert no_results(tmp_path / "out")
+
+
+def test_failure_while_writing_leaves_no_results(model_file, images, tmp_path, monkeypatch):
+    from nbquant import pipeline
+    from nbquant.preprocess import Preprocess
+
+    def broken(*_):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pipeline, "format_scale_offset_record", broken)
+    with pytest.raises(OSError, match="disk full"):
+        pipeline.calibrate(model_file, images, tmp_path / "out", pipeline.CalibrationSettings(calib_num=4),
+                           preprocess=Preprocess(resize=8, crop=8), progress=False)
+    assert no_results(tmp_path / "out") and not list((tmp_path / "out").glob("temp*"))
+
+
+def test_bad_setting_values(capsys, model_file, images, tmp_path):
+    code, _, err = run(capsys, "calibrate", model_file, "--data", images, "--save-dir", tmp_path / "out",
+                       "--resize", "8", "--crop", "8", "--calib-num", "0")
+    assert code == 2 and "calib_num must be an int >= 1, got 0" in err
