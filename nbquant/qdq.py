@@ -12,6 +12,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .calibration import LayerQuant
+from .evaluation import SIMULATE_KEY
 from .graph import _copy
 from .numerics import QParams
 
@@ -96,7 +97,9 @@ def make_fake_quant_model(model: onnx.ModelProto, quant: dict[str, LayerQuant]) 
                                                  axis=lq.layer.weight_axis)
         if lq.bias is not None:
             set_bias(node, edit.constant(f"{name}/corrected_bias", lq.bias))
-    return edit.finish()
+    model = edit.finish()
+    onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, SIMULATE_KEY: "1"})
+    return model
 
 
 def set_bias(node: onnx.NodeProto, name: str) -> None:

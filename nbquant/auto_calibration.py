@@ -1,0 +1,327 @@
+"""Accuracy-based auto calibration: calibrate once, rank layers, fall back the fewest to float.
+
+Flow (the reference tool's, with nbquant's differences in brackets): evaluate the float
+model; calibrate all layers [once: scales come from float activations, so re-calibrating
+after a fallback would change nothing]; evaluate the all-int8 model; rank layers; search
+for a float set that meets the budget [evaluations cached by configuration, budget-bounded,
+default strategy verifies each layer it keeps in float]; write the final models and files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from .calibration import Calibrator
+from .config import config_to_dict
+from .datasets import ImageDataset
+from .errors import ConfigError, NbquantError
+from .evaluators import LogitEvaluator
+from .files import RunPaths, atomic_write_json, atomic_write_text, remove_dir, save_model
+from .image_cache import cache_images
+from .pipeline import (CalibrationResult, CalibrationSettings, build_config, check_preprocess, collect_histograms,
+                       prepare_model, quantize_models, resolve_preprocess, write_run)
+from .qdq import make_fake_quant_model
+from .runlog import log_to_file
+from .search import STRATEGIES, BudgetExhausted
+from .search_record import check_resume, load_record, new_record, read_record, save_record
+from .sensitivity import METHODS as SENSITIVITY_METHODS
+from .sensitivity import rank_layers, ranking_pairs
+
+log = logging.getLogger(__name__)
+
+
+class EvaluatorError(NbquantError, RuntimeError):
+    """The user's evaluator raised or returned an unusable metric."""
+
+
+@dataclass(frozen=True)
+class AutoSettings:
+    """The search's settings: loss budget, strategy, sensitivity metric, evaluation budget, subsets."""
+
+    max_drop: float = 0.005
+    relative: bool = False
+    strategy: str = "refine"
+    sensitivity: str = "output"
+    max_evals: int = 20
+    eval_num: int | None = None
+    rank_num: int = 64
+    metric: str | None = None  # built-in evaluator: top1 when labeled, else agreement
+
+    def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        if self.sensitivity not in SENSITIVITY_METHODS:
+            raise ConfigError(f"sensitivity must be one of {', '.join(SENSITIVITY_METHODS)}, "
+                              f"got {self.sensitivity!r}")
+        for name in ("max_evals", "rank_num") + (("eval_num",) if self.eval_num is not None else ()):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be an int >= 1, got {value!r}")
+        value = self.max_drop
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise ConfigError(f"max_drop must be a number >= 0, got {value!r}")
+
+
+@dataclass
+class AutoCalibrationResult:
+    """Outcome of one auto calibration; DataFrames for the history, ranking and final config."""
+
+    ok: bool
+    message: str
+    original_metric: object
+    final_metric: object
+    float_layers: list[str]
+    history: pd.DataFrame = field(repr=False)
+    ranking: pd.DataFrame = field(repr=False)
+    final_config: pd.DataFrame | None = field(repr=False)
+    paths: RunPaths = field(repr=False)
+    seconds: float = 0.0
+    calibration: CalibrationResult | None = field(default=None, repr=False)
+
+    @property
+    def evaluations(self) -> int:
+        return len(self.history)
+
+    def __repr__(self) -> str:
+        n = len(self.ranking)
+        return (f"AutoCalibrationResult(ok={self.ok}, int8={n - len(self.float_layers)}/{n}, "
+                f"original={self.original_metric!r}, final={self.final_metric!r}, "
+                f"evaluations={self.evaluations}, seconds={self.seconds:.1f})")
+
+
+class _Search:
+    """Evaluates configurations once each, records every step, tracks the best passing one."""
+
+    def __init__(self, prepared, calibrator, evaluator, record, paths, temp, max_evals, progress):
+        self.prepared, self.calibrator, self.evaluator = prepared, calibrator, evaluator
+        self.record, self.paths, self.temp, self.max_evals = record, paths, temp, max_evals
+        self.cache = {frozenset(s["float_layers"]): s for s in record["steps"] if s["kind"] != "original"}
+        self.bar = tqdm(total=max_evals, desc="auto-calibrate", unit="eval", disable=not progress)
+        self.bar.update(min(len(record["steps"]), max_evals))
+
+    def check(self, float_layers: frozenset) -> bool:
+        return self.step(float_layers)["ok"]
+
+    def step(self, float_layers: frozenset, kind: str = "search") -> dict:
+        if float_layers in self.cache:
+            return self.cache[float_layers]
+        if len(self.record["steps"]) >= self.max_evals:
+            raise BudgetExhausted()
+        number = len(self.record["steps"])
+        start = time.perf_counter()
+        quant = {k: v for k, v in self.calibrator.quant_.items() if k not in float_layers}
+        metric = self.evaluate(make_fake_quant_model(self.prepared.model, quant), number, float_layers)
+        ok, loss = self.evaluator.metric_eval(self.record["original_metric"], metric)
+        step = {"step": number, "kind": kind, "float_layers": sorted(float_layers), "metric": _jsonable(metric),
+                "loss": float(loss), "ok": bool(ok), "seconds": round(time.perf_counter() - start, 3)}
+        self.record["steps"].append(step)
+        save_record(self.record, self.paths.record)
+        self.cache[float_layers] = step
+        n = len(self.calibrator.quant_)
+        log.info("step %d: %d of %d layers in float, metric %s, loss %.5f, %s", number, len(float_layers), n,
+                 metric, loss, "ok" if ok else "not ok")
+        self.bar.update(1)
+        self.bar.set_postfix(step=number, float=len(float_layers), metric=f"{metric}", loss=f"{loss:.4f}")
+        return step
+
+    def evaluate(self, model, number: int, float_layers) -> object:
+        where = f"step {number} ({len(float_layers)} layers in float)"
+        try:
+            if isinstance(self.evaluator, LogitEvaluator):
+                metric = self.evaluator.evaluate(model)
+            else:
+                path = self.temp / f"step_{number}_fake_quant_model.onnx"
+                save_model(model, path)
+                metric = self.evaluator.evaluate(str(path))
+                path.unlink(missing_ok=True)
+        except (KeyboardInterrupt, NbquantError):
+            raise
+        except Exception as exc:
+            raise EvaluatorError(f"the evaluator raised at {where}: {exc.__class__.__name__}: {exc}; "
+                                 f"the record {self.paths.record} is kept") from exc
+        if metric is None or (isinstance(metric, float) and math.isnan(metric)):
+            raise EvaluatorError(f"the evaluator returned {metric!r} at {where}; the record {self.paths.record} "
+                                 "is kept")
+        return metric
+
+    def best_passing(self) -> frozenset | None:
+        passing = [(len(s["float_layers"]), -s["loss"], frozenset(s["float_layers"]))
+                   for s in self.record["steps"] if s["ok"] and s["kind"] != "original"]
+        return min(passing, key=lambda t: (t[0], -t[1]))[2] if passing else None
+
+
+def auto_calibrate(model, data, *, calib_data=None, evaluator=None, settings: AutoSettings | None = None,
+                   calib_settings: CalibrationSettings | None = None, save_dir=None, resume: bool = False,
+                   preprocess=None, config=None, progress: bool = True) -> AutoCalibrationResult:
+    """Quantize ``model`` with as many int8 layers as the accuracy budget allows.
+
+    ``data``: evaluation images (first ``settings.eval_num``); ``calib_data``: calibration
+    images (default ``data``; first ``calib_settings.calib_num``). ``evaluator``: any object
+    with ``evaluate(model_path)`` and ``metric_eval(original, new)``; by default top-1 (or,
+    without labels, top-1 agreement with the float model) with ``settings.max_drop``.
+    ``config`` (QuantConfig or config.json path) sets per-layer methods; layers it disables
+    stay in float and are not searched.
+    """
+    start = time.perf_counter()
+    settings = settings or AutoSettings()
+    calib_settings = calib_settings or CalibrationSettings()
+    prepared = prepare_model(model)
+    all_data = _dataset(data)
+    eval_data = all_data.subset(min(settings.eval_num, len(all_data))) if settings.eval_num else all_data
+    calib_set = _dataset(calib_data if calib_data is not None else all_data).subset(calib_settings.calib_num)
+    pre = resolve_preprocess(prepared.model, preprocess)
+    check_preprocess(prepared.model, pre, prepared.name)
+    if evaluator is None:
+        metric = settings.metric or ("top1" if eval_data.labeled else "agreement")
+        evaluator = LogitEvaluator(eval_data, metric, settings.max_drop, settings.relative)
+    config = build_config(prepared, calib_settings, config)
+    paths = RunPaths(Path(save_dir) if save_dir is not None else Path("runs") / prepared.name, prepared.name)
+    run_settings = _settings_dict(model, prepared, eval_data, calib_set, settings, calib_settings, evaluator)
+    record = _open_record(paths, run_settings, list(config.layers), resume)
+    temp = paths.make_temp_dir()
+    try:
+        with log_to_file(paths.log_file):
+            return _run(prepared, eval_data, calib_set, pre, evaluator, settings, calib_settings, config, paths,
+                        record, temp, progress, start)
+    finally:
+        remove_dir(temp)
+
+
+def _run(prepared, eval_data, calib_set, pre, evaluator, settings, calib_settings, config, paths, record, temp,
+         progress, start) -> AutoCalibrationResult:
+    log.info("auto calibration of %s: %d layers, budget %s %s, strategy %s, sensitivity %s, save dir %s",
+             prepared.name, len(config.layers), settings.max_drop, "relative" if settings.relative else "absolute",
+             settings.strategy, settings.sensitivity, paths.save_dir)
+    if isinstance(evaluator, LogitEvaluator):
+        evaluator.prepare(prepared.model, pre, temp / "evaluation_images.npy", progress)
+    if record["original_metric"] is None:
+        record["original_metric"] = _jsonable(evaluator.evaluate(prepared.model))
+        record["steps"].append({"step": 0, "kind": "original", "float_layers": list(config.layers),
+                                "metric": record["original_metric"], "loss": 0.0, "ok": True, "seconds": 0.0})
+        save_record(record, paths.record)
+    original = record["original_metric"]
+    log.info("Accuracy of original model is %s", original)
+    ok, _ = evaluator.metric_eval(original, original)
+    if not ok:
+        raise ConfigError(f"metric_eval(original, original) is not ok for original metric {original!r}: "
+                          "the evaluator's check rejects even the float model")
+    histograms, means = collect_histograms(prepared, calib_set, pre, calib_settings, progress)
+    calibrator = Calibrator(config).fit(prepared.model, histograms, means)
+    search = _Search(prepared, calibrator, evaluator, record, paths, temp, settings.max_evals, progress)
+    first = search.step(frozenset(), kind="all_int8")
+    log.info("Accuracy of global quantized model is %s", first["metric"])
+    ranking = _ranking(prepared, calibrator, calib_set, pre, settings, record, paths, progress)
+    final = frozenset() if first["ok"] else _search(search, settings.strategy, list(ranking["layer"]))
+    search.bar.close()
+    history = load_record(paths.record)
+    if final is None:
+        return _failed(record, history, ranking, paths, calibrator, prepared, settings, start)
+    return _finish(final, search, record, history, ranking, paths, calibrator, prepared, histograms, means, start)
+
+
+def _search(search: _Search, strategy: str, ranked: list[str]) -> frozenset | None:
+    try:
+        found = STRATEGIES[strategy](ranked, search.check)
+    except BudgetExhausted:
+        log.warning("evaluation budget of %d spent; keeping the best passing configuration found", search.max_evals)
+        found = None
+    best = search.best_passing()
+    return found if found is not None else best
+
+
+def _ranking(prepared, calibrator, calib_set, pre, settings, record, paths, progress) -> pd.DataFrame:
+    if record.get("ranking") and record["ranking"]["method"] == settings.sensitivity:
+        ranking = pd.DataFrame(record["ranking"]["rows"])
+    else:
+        images = cache_images(calib_set.subset(min(settings.rank_num, len(calib_set))), pre, progress=False)
+        ranking = rank_layers(prepared.model, calibrator.quant_, images, settings.sensitivity, progress,
+                              prepared.table)
+        record["ranking"] = {"method": settings.sensitivity, "rows": ranking.to_dict(orient="records")}
+        save_record(record, paths.record)
+    atomic_write_json(paths.ranking, ranking_pairs(ranking))
+    atomic_write_text(paths.ranking.with_suffix(".csv"), ranking.to_csv(index=False))
+    return ranking
+
+
+def _finish(found, search, record, history, ranking, paths, calibrator, prepared, histograms, means, start):
+    step = search.cache[frozenset(found)]
+    kept_float = {name for name, layer in calibrator.config.layers.items() if not layer.enabled}
+    final = sorted(set(found) | kept_float)
+    final_config = calibrator.config.with_float(final)
+    final_cal = Calibrator(final_config).fit(prepared.model, histograms, means)
+    fake, deploy = quantize_models(prepared, final_cal)
+    result = CalibrationResult(prepared, final_config, final_cal, fake, deploy, 0.0, paths)
+    write_run(result, paths)
+    atomic_write_json(paths.final_config, config_to_dict(final_config))
+    seconds = time.perf_counter() - start
+    n, n_int8 = len(final_config.layers), len(final_config.enabled)
+    log.info("Accuracy of saved model is %s (%d of %d layers in int8, %d evaluations)", step["metric"],
+             n_int8, n, len(record["steps"]))
+    log.info("The generated model is stored in dir: %s", paths.results)
+    log.info("Cost time %.1f s", seconds)
+    message = (f"target met: {n_int8} of {n} layers in int8, metric {step['metric']} "
+               f"(original {record['original_metric']}, loss {step['loss']:.5f})")
+    table = pd.DataFrame({"layer": list(final_config.layers),
+                          "op": [layer.op for layer in prepared.layers],
+                          "quant_enable": [c.enabled for c in final_config.layers.values()]})
+    return AutoCalibrationResult(True, message, record["original_metric"], step["metric"], final, history,
+                                 ranking, table, paths, seconds, result)
+
+
+def _failed(record, history, ranking, paths, calibrator, prepared, settings, start):
+    for stale in (paths.fake_quant_model, paths.deploy_model, paths.final_config, paths.quant_json):
+        stale.unlink(missing_ok=True)
+    spent = len(record["steps"]) >= settings.max_evals
+    n = len(calibrator.config.layers)
+    message = (f"No quantized model is generated: no configuration met the target within max_evals="
+               f"{settings.max_evals} evaluations; raise --max-evals or relax --max-drop and run again."
+               if spent else
+               f"No quantized model is generated: even with {n - 1} of {n} layers in float the target is not met; "
+               "the accuracy target may be too difficult to achieve. Relax the target (--max-drop) and run again.")
+    log.warning(message)
+    return AutoCalibrationResult(False, message, record["original_metric"], None, list(calibrator.config.layers),
+                                 history, ranking, None, paths, time.perf_counter() - start)
+
+
+def _open_record(paths: RunPaths, settings: dict, layers: list[str], resume: bool) -> dict:
+    if resume:
+        if not paths.record.is_file():
+            raise ConfigError(f"cannot resume: no record at {paths.record}; run once without --resume")
+        record = read_record(paths.record)
+        check_resume(record, settings, paths.record)
+        return record
+    record = new_record(settings, layers)
+    save_record(record, paths.record)
+    return record
+
+
+def _settings_dict(model, prepared, eval_data, calib_set, settings, calib_settings, evaluator) -> dict:
+    """What must be equal for a record to be resumed (max_evals may grow between runs)."""
+    digest = hashlib.sha256(prepared.model.SerializeToString()).hexdigest()[:16]
+    auto = {k: v for k, v in asdict(settings).items() if k != "max_evals"}
+    calib = {k: (v.value if hasattr(v, "value") else v) for k, v in asdict(calib_settings).items()}
+    return {"model": str(model) if not hasattr(model, "graph") else prepared.name, "model_sha256": digest,
+            "eval_data": str(eval_data.root), "eval_images": len(eval_data), "calib_data": str(calib_set.root),
+            "calib_images": len(calib_set), "evaluator": repr(evaluator), **auto,
+            **{f"calib_{k}": v for k, v in calib.items()}}
+
+
+def _dataset(data) -> ImageDataset:
+    return data if isinstance(data, ImageDataset) else ImageDataset(data)
+
+
+def _jsonable(metric):
+    if isinstance(metric, (int, float, str, bool)) or metric is None:
+        return metric
+    try:
+        return float(metric)
+    except (TypeError, ValueError):
+        return repr(metric)
