@@ -203,7 +203,10 @@ def _run(prepared, eval_data, calib_set, pre, evaluator, settings, calib_setting
     if isinstance(evaluator, LogitEvaluator):
         evaluator.prepare(prepared.model, pre, temp / "evaluation_images.npy", progress)
     if record["original_metric"] is None:
-        record["original_metric"] = _jsonable(evaluator.evaluate(prepared.model))
+        original_model = prepared.model
+        if not isinstance(evaluator, LogitEvaluator):
+            original_model = str(save_model(prepared.model, temp / "original_model.onnx"))
+        record["original_metric"] = _jsonable(evaluator.evaluate(original_model))
         record["steps"].append({"step": 0, "kind": "original", "float_layers": list(config.layers),
                                 "metric": record["original_metric"], "loss": 0.0, "ok": True, "seconds": 0.0})
         save_record(record, paths.record)

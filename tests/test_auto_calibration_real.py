@@ -1,0 +1,150 @@
+"""Auto calibration on the real model: target met, impossible target, kill and resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import onnx
+import pytest
+
+from nbquant.auto_calibration import AutoSettings, EvaluatorError, auto_calibrate
+from nbquant.cli import EXIT_NOT_MET
+from nbquant.errors import ConfigError
+from nbquant.pipeline import CalibrationSettings
+from nbquant.search_record import load_ranking, load_record
+
+pytestmark = pytest.mark.real
+FAST_CALIB = CalibrationSettings(calib_num=16)
+
+
+class HarmfulLayers:
+    """Reference-protocol evaluator: each 'harmful' layer still in int8 costs 0.01 of the metric."""
+
+    def __init__(self, harmful, interrupt_at=None):
+        self.harmful, self.interrupt_at, self.calls = set(harmful), interrupt_at, 0
+
+    def __repr__(self):
+        return f"HarmfulLayers({sorted(self.harmful)})"
+
+    def evaluate(self, model_path):
+        self.calls += 1
+        if self.interrupt_at is not None and self.calls == self.interrupt_at:
+            raise KeyboardInterrupt
+        model = onnx.load(model_path)
+        dequantized = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+        quantized = {n.name for n in model.graph.node if n.input and n.input[0] in dequantized}
+        return 1.0 - 0.01 * len(self.harmful & quantized)
+
+    def metric_eval(self, original, new):
+        return original - new <= 0.005, original - new
+
+
+def test_default_run_meets_a_tight_budget(real_model_path, real_data, tmp_path):
+    result = auto_calibrate(real_model_path, real_data, save_dir=tmp_path,
+                            settings=AutoSettings(max_drop=0.002, eval_num=500, rank_num=32), progress=False)
+    assert result.ok, result.message
+    assert result.original_metric - result.final_metric <= 0.002 + 1e-9
+    assert len(result.float_layers) <= 5 and result.evaluations <= 10
+    for path in (result.paths.fake_quant_model, result.paths.deploy_model, result.paths.final_config,
+                 result.paths.ranking, result.paths.record, result.paths.log_file):
+        assert path.is_file(), path
+    final = json.loads(result.paths.final_config.read_text())
+    assert sorted(k for k, v in final.items() if isinstance(v, dict) and not v["quant_enable"]) == result.float_layers
+    history = load_record(result.paths.record)
+    assert history["kind"].tolist()[:2] == ["original", "all_int8"]
+    assert history["float_layers"].map(tuple).is_unique
+    ranking = load_ranking(result.paths.ranking)
+    assert len(ranking) == 50 and ranking["score"].is_monotonic_increasing
+    log = result.paths.log_file.read_text()
+    assert "Accuracy of original model is" in log and "Accuracy of saved model is" in log
+    assert not list(tmp_path.glob("temp*"))
+
+
+def test_search_finds_the_culprits_and_binary_keeps_a_prefix(real_model_path, real_data, tmp_path):
+    harmful = ["/_blocks.9/_project_conv/Conv", "/_conv_head/Conv"]
+    refine = auto_calibrate(real_model_path, real_data, evaluator=HarmfulLayers(harmful), save_dir=tmp_path / "r",
+                            settings=AutoSettings(rank_num=8, sensitivity="cosine", max_evals=40),
+                            calib_settings=FAST_CALIB, progress=False)
+    assert refine.ok and refine.float_layers == sorted(harmful), refine.history
+    binary = auto_calibrate(real_model_path, real_data, evaluator=HarmfulLayers(harmful), save_dir=tmp_path / "b",
+                            settings=AutoSettings(rank_num=8, sensitivity="cosine", strategy="binary"),
+                            calib_settings=FAST_CALIB, progress=False)
+    ranked = binary.ranking["layer"].tolist()
+    assert binary.ok and set(binary.float_layers) == set(ranked[:len(binary.float_layers)])
+    assert binary.evaluations <= 2 + 6  # original, all-int8, ceil(log2 50)
+
+
+def test_unreachable_target_writes_no_model(real_model_path, real_data, tmp_path):
+    code = subprocess.run(
+        [sys.executable, "-m", "nbquant", "auto-calibrate", str(real_model_path), "--data", str(real_data.root),
+         "--metric", "kl", "--max-drop", "0", "--eval-num", "24", "--calib-num", "16", "--rank-num", "8",
+         "--save-dir", str(tmp_path)], capture_output=True, text=True)
+    assert code.returncode == EXIT_NOT_MET, code.stderr
+    assert "No quantized model is generated" in code.stdout and "Relax the target" in code.stdout
+    results = {p.name for p in (tmp_path / "results").iterdir()}
+    assert results == {"accuracy_based_auto_calibration_ranking_information.json",
+                       "accuracy_based_auto_calibration_ranking_information.csv"}
+    assert (tmp_path / "log/accuracy_based_auto_calibration_record.json").is_file()
+    assert "the accuracy target may be too difficult" in (tmp_path / "log/nbquant.log").read_text()
+
+
+def test_interrupt_then_resume_reevaluates_nothing(real_model_path, real_data, tmp_path):
+    harmful = ["/_blocks.3/_expand_conv/Conv"]
+    settings = AutoSettings(rank_num=8, sensitivity="cosine")
+    with pytest.raises(KeyboardInterrupt):
+        auto_calibrate(real_model_path, real_data, evaluator=HarmfulLayers(harmful, interrupt_at=4),
+                       save_dir=tmp_path, settings=settings, calib_settings=FAST_CALIB, progress=False)
+    before = load_record(tmp_path / "log/accuracy_based_auto_calibration_record.json")
+    assert len(before) == 3 and not list(tmp_path.glob("temp*"))
+    evaluator = HarmfulLayers(harmful)
+    resumed = auto_calibrate(real_model_path, real_data, evaluator=evaluator, save_dir=tmp_path, settings=settings,
+                             calib_settings=FAST_CALIB, resume=True, progress=False)
+    fresh = HarmfulLayers(harmful)
+    reference = auto_calibrate(real_model_path, real_data, evaluator=fresh, save_dir=tmp_path / "fresh",
+                               settings=settings, calib_settings=FAST_CALIB, progress=False)
+    assert resumed.float_layers == reference.float_layers == harmful
+    assert evaluator.calls == fresh.calls - 3  # original and the two finished steps are not redone
+    after = resumed.history
+    assert after.iloc[:3].drop(columns="float_layers").equals(before.drop(columns="float_layers"))
+    with pytest.raises(ConfigError, match="max_drop was 0.005 in the record but is 0.01 now"):
+        auto_calibrate(real_model_path, real_data, evaluator=HarmfulLayers(harmful), save_dir=tmp_path,
+                       settings=AutoSettings(rank_num=8, sensitivity="cosine", max_drop=0.01),
+                       calib_settings=FAST_CALIB, resume=True, progress=False)
+
+
+def test_killed_process_resumes_from_its_record(real_model_path, real_data, tmp_path):
+    args = [sys.executable, "-m", "nbquant", "auto-calibrate", str(real_model_path), "--data", str(real_data.root),
+            "--metric", "kl", "--max-drop", "0", "--eval-num", "24", "--calib-num", "16", "--rank-num", "8",
+            "--save-dir", str(tmp_path)]
+    record = tmp_path / "log/accuracy_based_auto_calibration_record.json"
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if record.is_file() and len(json.loads(record.read_text())["steps"]) >= 4:
+            break
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = json.loads(record.read_text())["steps"]
+    assert len(done) >= 4
+    resumed = subprocess.run(args + ["--resume"], capture_output=True, text=True)
+    assert resumed.returncode == EXIT_NOT_MET, resumed.stderr
+    steps = json.loads(record.read_text())["steps"]
+    assert steps[:len(done)] == done
+    assert len({tuple(s["float_layers"]) for s in steps}) == len(steps)
+
+
+def test_evaluator_that_fails_names_the_step(real_model_path, real_data, tmp_path):
+    class Broken(HarmfulLayers):
+        def evaluate(self, model_path):
+            value = super().evaluate(model_path)
+            return float("nan") if self.calls == 3 else value
+
+    with pytest.raises(EvaluatorError, match="returned nan at step 2"):
+        auto_calibrate(real_model_path, real_data, evaluator=Broken(["/_conv_head/Conv"]), save_dir=tmp_path,
+                       settings=AutoSettings(rank_num=8, sensitivity="cosine"), calib_settings=FAST_CALIB,
+                       progress=False)
+    assert len(load_record(tmp_path / "log/accuracy_based_auto_calibration_record.json")) == 2
