@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -224,7 +225,4 @@ def write_run(result: CalibrationResult, paths: RunPaths) -> None:
 
 
 def _maybe_log(paths: RunPaths | None):
-    if paths is None:
-        from contextlib import nullcontext
-        return nullcontext()
-    return log_to_file(paths.log_file)
+    return nullcontext() if paths is None else log_to_file(paths.log_file)

@@ -132,3 +132,17 @@ def test_bias_correction_removes_the_mean_output_shift(conv_model):
     assert fixed.shift < 0.5 * plain.shift
     dep = make_deploy_model(conv_model, fixed.quant_, fixed.tensor_qparams_)
     assert np.abs((make_session(dep).run(None, {"x": x})[0] - ref).mean(axis=(0, 2, 3))).max() < plain.shift
+
+
+def test_falling_back_a_layer_does_not_change_the_others_scales(conv_model):
+    """Calibrating once is exact: statistics come from the float model, whatever falls back."""
+    data = batches((2, 3, 8, 8))
+    everything = calibrated(conv_model, data, bias_correction=True)
+    partial = calibrated(conv_model, data, bias_correction=True, disabled=["Conv_0"])
+    kept = partial.quant_["Conv_3"]
+    same = everything.quant_["Conv_3"]
+    assert set(partial.quant_) == {"Conv_3"}
+    assert kept.activation == same.activation or (
+        np.array_equal(kept.activation.scale, same.activation.scale)
+        and np.array_equal(kept.activation.zero_point, same.activation.zero_point))
+    assert np.array_equal(kept.weight.scale, same.weight.scale) and np.array_equal(kept.bias, same.bias)
