@@ -1,0 +1,51 @@
+"""nbquant's rows: auto_calibrate with the default strategy (refine) or binary; nbquant's venv."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from peerlib import SETTINGS, Data
+
+STRATEGY = {"nbquant": "refine", "nbquant-binary": "binary"}
+
+
+def versions() -> dict:
+    import numpy
+    import onnxruntime
+
+    import nbquant
+    return {"nbquant": getattr(nbquant, "__version__", "0.1.0"), "onnxruntime": onnxruntime.__version__,
+            "numpy": numpy.__version__}
+
+
+def run(data: Data, tool: str, setting: str, out_dir: Path) -> dict:
+    from nbquant.auto_calibration import AutoSettings, auto_calibrate
+    from nbquant.datasets import ImageDataset
+    from nbquant.pipeline import CalibrationSettings
+
+    per_channel, max_drop = SETTINGS[setting]
+    n_eval, n_calib = len(data.labels), len(data.calib)
+    images = ImageDataset(data.data_dir)
+    if n_eval < len(images):
+        images = images.subset(n_eval)
+    start = time.perf_counter()
+    result = auto_calibrate(data.model_path, images, save_dir=out_dir / "run",
+                            settings=AutoSettings(max_drop=max_drop, strategy=STRATEGY[tool]),
+                            calib_settings=CalibrationSettings(calib_num=n_calib, per_channel=per_channel),
+                            progress=False)
+    wall = time.perf_counter() - start
+    n = len(result.ranking)
+    return {
+        "ok": True, "met": bool(result.ok), "wall_s": round(wall, 1),
+        "original_metric": float(result.original_metric),
+        "final_metric": float(result.final_metric) if result.ok else None,
+        "full_evaluations": result.evaluations, "partial_calls": 0, "partial_images": 0,
+        "tool_float_layers": f"{len(result.float_layers)} of {n}",
+        "model": str(result.paths.deploy_model) if result.ok else None,
+        "message": result.message,
+        "config": {"strategy": STRATEGY[tool], "max_drop": max_drop, "per_channel": per_channel,
+                   "calib_num": n_calib, "eval_images": len(images)},
+        "note": "wall includes decoding the JPEGs (nbquant reads the image folder itself); "
+                "final top-1 is nbquant's simulated (fake-quant) metric",
+    }
