@@ -75,7 +75,9 @@ def prepare_data(model: Path, data_dir: Path, work: Path, calib_num: int, eval_n
     meta_path.unlink(missing_ok=True)
     pre = resolve_preprocess(proto)
     log(f"decoding {len(dataset)} images with {pre} into {folder}")
+    start = time.perf_counter()
     cached = cache_images(dataset, pre, folder / "eval.npy", progress=False)
+    write_json(folder / "decode.json", {"images": len(dataset), "seconds": round(time.perf_counter() - start, 1)})
     if len(cached) != len(dataset):
         raise SystemExit(f"compare_peers: {len(dataset) - len(cached)} images could not be decoded")
     np.save(folder / "labels.npy", cached.labels)
@@ -239,6 +241,11 @@ def main() -> None:
                                                                           (r.get("versions") or {}).items())
                                                for r in rows}))]
     floats = sorted({(r["tool"], r.get("original_metric")) for r in rows if r.get("ok")}, key=str)
+    decode = work / "data" / "decode.json"
+    if decode.is_file():
+        d = json.loads(decode.read_text())
+        header.append(f"decoding + preprocessing the {d['images']} JPEGs once took {d['seconds']} s (in every "
+                      "nbquant wall time; the peers get the decoded arrays)")
     header.append("float top-1 seen by each tool: " + ", ".join(f"{t} {fmt(v)}" for t, v in floats))
     lines = header + [""] + table(rows, latency, float_ms)
     print("\n".join(lines))
