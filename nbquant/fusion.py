@@ -48,15 +48,28 @@ def fold_batchnorm(model: onnx.ModelProto, skip: tuple[str, ...] = ()) -> tuple[
     return model, fusions
 
 
+def fold_bn_params(weight, bias, gamma, beta, mean, var, eps):
+    """Conv weight and bias with an inference BatchNorm folded in, as float32.
+
+    scale = gamma / sqrt(var + eps); weight' = weight * scale per output channel;
+    bias' = (bias - mean) * scale + beta (bias None = 0). Computed in float64.
+
+    >>> w, b = fold_bn_params(np.ones((1, 1, 1, 1)), None, [2.0], [1.0], [0.5], [3.0], 1.0)
+    >>> w.ravel().tolist(), b.tolist()
+    ([1.0], [0.5])
+    """
+    scale = np.asarray(gamma, np.float64) / np.sqrt(np.asarray(var, np.float64) + eps)
+    folded = np.asarray(weight, np.float64) * scale.reshape(-1, *([1] * (np.ndim(weight) - 1)))
+    bias = np.zeros(scale.shape) if bias is None else np.asarray(bias, np.float64)
+    new_bias = (bias - np.asarray(mean, np.float64)) * scale + np.asarray(beta, np.float64)
+    return folded.astype(np.float32), new_bias.astype(np.float32)
+
+
 def _fold_pair(model, conv, bn, values):
     eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
-    gamma, beta, mean, var = (values[name].astype(np.float64) for name in bn.input[1:5])
-    weight = values[conv.input[1]].astype(np.float64)
     has_bias = len(conv.input) > 2 and conv.input[2]
-    bias = values[conv.input[2]].astype(np.float64) if has_bias else np.zeros(weight.shape[0])
-    factor = gamma / np.sqrt(var + eps)
-    new_weight = (weight * factor.reshape(-1, *([1] * (weight.ndim - 1)))).astype(np.float32)
-    new_bias = ((bias - mean) * factor + beta).astype(np.float32)
+    new_weight, new_bias = fold_bn_params(values[conv.input[1]], values[conv.input[2]] if has_bias else None,
+                                          *(values[name] for name in bn.input[1:5]), eps)
     weight_name, bias_name = f"{conv.name}/fused_weight", f"{conv.name}/fused_bias"
     model.graph.initializer.extend([numpy_helper.from_array(new_weight, weight_name),
                                     numpy_helper.from_array(new_bias, bias_name)])

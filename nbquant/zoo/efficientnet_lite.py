@@ -21,6 +21,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import ConfigError, ModelError
+from ..fusion import fold_bn_params
 from .torch_pickle import load_state_dict
 
 OPSET = 13
@@ -181,7 +182,7 @@ class _GraphBuilder:
                      pads=[begin, begin, end, end], group=group, dilations=[1, 1])
         name = f"/{torch_scope(conv)}/Conv"
         if self.fold_bn:
-            w, b = fold_batch_norm(w, gamma, beta, mean, var, BN_EPSILON)
+            w, b = fold_bn_params(w, None, gamma, beta, mean, var, BN_EPSILON)
             inputs = [self.constant(f"{conv}.weight", w), self.constant(f"{conv}.bias", b)]
             return self.node("Conv", name, [x, *inputs], **attrs)
         y = self.node("Conv", name, [x, self.constant(f"{conv}.weight", w)], **attrs)
@@ -198,18 +199,6 @@ class _GraphBuilder:
         bounds = [self.constant("relu6.min", np.float32(0)),
                   self.constant("relu6.max", np.float32(6))]
         return self.node("Clip", f"{scope}/{module}/Clip", [x, *bounds])
-
-
-def fold_batch_norm(weight, gamma, beta, mean, var, eps):
-    """Fold inference BatchNorm into the preceding bias-free conv: returns (weight, bias).
-
-    scale = gamma / sqrt(var + eps); weight' = weight * scale per output channel;
-    bias' = beta - mean * scale. Computed in float64, returned as float32.
-    """
-    scale = np.asarray(gamma, np.float64) / np.sqrt(np.asarray(var, np.float64) + eps)
-    folded = np.asarray(weight, np.float64) * scale.reshape(-1, *([1] * (weight.ndim - 1)))
-    bias = np.asarray(beta, np.float64) - np.asarray(mean, np.float64) * scale
-    return folded.astype(np.float32), bias.astype(np.float32)
 
 
 def _add_block(g: _GraphBuilder, x: str, block: BlockSpec) -> str:
