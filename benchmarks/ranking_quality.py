@@ -27,7 +27,7 @@ def spearman(a, b) -> float:
 
 def main() -> None:
     p = parser(__doc__)
-    p.add_argument("--rank-num", type=int, default=64, help="ranking images (from the calibration set)")
+    p.add_argument("--rank-num", type=int, default=32, help="ranking images (from the calibration set)")
     args = p.parse_args()
     model_path, data_dir = model_and_data(args)
     data = ImageDataset(data_dir)

@@ -52,7 +52,7 @@ class AutoSettings:
     sensitivity: str = "output"
     max_evals: int = 20
     eval_num: int | None = None
-    rank_num: int = 64
+    rank_num: int = 32
     metric: str | None = None  # built-in evaluator: top1 when labeled, else agreement
 
     def __post_init__(self):

@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="output (default): model-output effect of each layer's fallback; cosine: the "
                             "reference tool's per-layer metric")
     group.add_argument("--max-evals", type=int, default=20, help="at most this many full evaluations (default 20)")
-    group.add_argument("--rank-num", type=int, default=64, help="calibration images used for ranking (default 64)")
+    group.add_argument("--rank-num", type=int, default=32, help="calibration images used for ranking (default 32)")
     auto.add_argument("--save-dir", default=None, help="run folder (default runs/<model name>)")
     auto.add_argument("--resume", action="store_true",
                       help="continue from the run folder's record (same arguments); re-evaluates nothing done")
