@@ -1,0 +1,130 @@
+"""The cached fallback search and the fallback-loop widget, driven from Python (no browser)."""
+
+import pytest
+
+pytest.importorskip("ipywidgets")
+pytest.importorskip("matplotlib")
+
+from nbquant.errors import ConfigError, ModelError  # noqa: E402
+from nbquant.evaluation import make_session  # noqa: E402
+from nbquant.pipeline import prepare_model  # noqa: E402
+from nbquant.retarget import FallbackExplorer, model_evaluator  # noqa: E402
+from nbquant.widgets import FallbackWidget  # noqa: E402
+
+from synthetic import gemm_matmul_model  # noqa: E402
+
+RANKED = [f"L{i}" for i in range(10)]
+HARMFUL = {"L0", "L3"}
+
+
+class CountingMetric:
+    """Metric 1.0, minus 0.01 per harmful layer and 0.0002 per other layer left in int8; counts calls."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, float_layers):
+        self.calls += 1
+        int8 = set(RANKED) - set(float_layers)
+        return 1.0 - 0.01 * len(int8 & HARMFUL) - 0.0002 * len(int8 - HARMFUL)
+
+
+def make_explorer():
+    metric = CountingMetric()
+    return FallbackExplorer(RANKED, metric, original_metric=1.0), metric
+
+
+def test_looser_target_is_answered_from_the_cache():
+    explorer, metric = make_explorer()
+    tight = explorer.search(0.005)
+    assert tight.ok and set(tight.float_layers) == HARMFUL and tight.new_evaluations == metric.calls > 0
+    calls = metric.calls
+    looser = explorer.search(0.01)
+    assert looser.new_evaluations == 0 and metric.calls == calls
+    assert looser.ok and len(looser.float_layers) <= len(tight.float_layers)
+    assert set(looser.visited) <= set(explorer.cache_)
+
+
+def test_every_strategy_reuses_the_cache_and_reports_unreachable_targets():
+    explorer, metric = make_explorer()
+    for strategy in ("refine", "binary", "greedy"):
+        first = explorer.search(0.005, strategy=strategy)
+        calls = metric.calls
+        assert explorer.search(0.005, strategy=strategy).new_evaluations == 0 and metric.calls == calls
+        assert first.ok and HARMFUL <= set(first.float_layers), strategy
+    impossible = explorer.search(0.0)
+    assert not impossible.ok and impossible.metric is None and impossible.summary()["n_float"].isna().all()
+
+
+def test_relative_budget_and_seed_from_history():
+    import pandas as pd
+    explorer, metric = make_explorer()
+    history = pd.DataFrame({"kind": ["original", "all_int8"], "metric": [1.0, 0.972],
+                            "float_layers": [RANKED, []]})
+    explorer.seed(history)
+    answer = explorer.search(0.05, relative=True)
+    assert answer.ok and answer.float_layers == [] and metric.calls == 0
+
+
+def test_bad_strategy_and_empty_ranking_raise():
+    explorer, _ = make_explorer()
+    with pytest.raises(ConfigError, match="strategy must be one of"):
+        explorer.search(0.01, strategy="random")
+    with pytest.raises(ConfigError, match="max_drop must be a number >= 0"):
+        explorer.search(-1)
+    with pytest.raises(ConfigError, match="at least one ranked layer"):
+        FallbackExplorer([], lambda f: 1.0, 1.0)
+
+
+def test_widget_slider_and_run_button_change_the_result():
+    explorer, metric = make_explorer()
+    widget = FallbackWidget(explorer, max_drop=0.005)
+    widget.run_button.click()
+    first_table, first_plot = widget.table.value, widget.plot.value
+    assert "L0" in first_table and "L3" in first_table and first_plot[:4] == b"\x89PNG"
+    calls = metric.calls
+    widget.target.value = 0.03
+    widget.run_button.click()
+    assert widget.answer_.float_layers == [] and metric.calls == calls
+    assert widget.table.value != first_table and "all layers in int8" in widget.table.value
+    assert "from the evaluation cache" in widget.status.value and widget.plot.value != first_plot
+    widget.mode.value, widget.strategy.value = "relative", "binary"
+    widget.run_button.click()
+    assert widget.answer_.relative and widget.answer_.strategy == "binary" and len(widget.answers_) == 3
+
+
+def test_widget_shows_unmet_targets_and_errors_in_its_status():
+    widget = FallbackWidget(FallbackExplorer(RANKED, CountingMetric(), 1.0), max_drop=0.0)
+    assert widget.run() is not None and not widget.answer_.ok and "target not met" in widget.status.value
+
+    def broken(float_layers):
+        raise ModelError("onnxruntime cannot load the model")
+
+    widget = FallbackWidget(FallbackExplorer(RANKED, broken, 1.0))
+    assert widget.run() is None and "cannot load the model" in widget.status.value
+    assert not widget.run_button.disabled
+    with pytest.raises(AttributeError, match="no search has run yet"):
+        widget.answer_
+
+
+def test_model_evaluator_builds_fake_quant_models_without_the_float_layers():
+    from nbquant.calibration import Calibrator, observe, observed_tensors, with_outputs
+    from nbquant.config import QuantConfig
+    import numpy as np
+
+    prepared = prepare_model(gemm_matmul_model())
+    names = observed_tensors(prepared.model, prepared.layers)
+    session = make_session(with_outputs(prepared.model, names))
+    batches = [np.random.default_rng(i).normal(size=(4, 6)).astype(np.float32) for i in range(3)]
+    histograms, _ = observe(session, names, batches)
+    config = QuantConfig.default({layer.name: layer.op for layer in prepared.layers})
+    quant = Calibrator(config).fit(prepared.model, histograms).quant_
+
+    class QuantizedNodes:
+        def evaluate(self, model):
+            dq = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+            return float(sum(1 for n in model.graph.node if n.name in quant and n.input[0] in dq))
+
+    evaluate = model_evaluator(prepared.model, quant, QuantizedNodes())
+    first = prepared.layers[0].name
+    assert evaluate(frozenset()) == 2.0 and evaluate(frozenset({first})) == 1.0
