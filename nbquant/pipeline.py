@@ -98,7 +98,7 @@ def resolve_preprocess(model: onnx.ModelProto, preprocess=None) -> Preprocess:
             kwargs[key] = int(value)
         elif key in ("mean", "std"):
             kwargs[key] = tuple(float(v) for v in value.split(","))
-        elif key in ("channel_order", "layout", "interpolation"):
+        elif key in ("channel_order", "layout", "interpolation", "resize_rounding"):
             kwargs[key] = value.lower()
     return Preprocess(**kwargs)
 

@@ -320,3 +320,16 @@ def test_lite0_matches_shared_model(shared_batch, fold_bn):
     logits = _run(build_efficientnet_lite("lite0", fold_bn=fold_bn), x)
     assert np.abs(logits - reference).max() <= 1e-3
     np.testing.assert_array_equal(logits.argmax(1), reference.argmax(1))
+
+
+def test_recorded_preprocessing_is_what_nbquant_uses():
+    from nbquant.pipeline import resolve_preprocess
+    from nbquant.preprocess import Rounding, get_preset
+    from nbquant.zoo import build_efficientnet_lite, state_dict_shapes
+
+    rng = np.random.default_rng(0)
+    weights = {k: rng.normal(size=s).astype(np.float32) for k, s in state_dict_shapes("lite1").items()}
+    weights.update({k: np.abs(v) + 0.5 for k, v in weights.items() if k.endswith("running_var")})
+    pre = resolve_preprocess(build_efficientnet_lite("lite1", state_dict=weights))
+    assert (pre.resize, pre.crop, pre.resize_rounding) == (274, 240, Rounding.ROUND)
+    assert pre.mean == get_preset("half").mean and pre.std == get_preset("half").std

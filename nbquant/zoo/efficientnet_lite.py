@@ -258,6 +258,7 @@ def _preprocess_metadata(resolution: int) -> dict[str, str]:
         "nbquant.preprocess.mean": MEAN,
         "nbquant.preprocess.std": STD,
         "nbquant.preprocess.channel_order": "RGB",
+        "nbquant.preprocess.resize_rounding": "round",
     }
 
 
