@@ -194,16 +194,17 @@ def _calib_settings(args):
 def cmd_auto_calibrate(args) -> int:
     from .auto_calibration import AutoSettings, auto_calibrate
     from .graph import load_model
-    path = _model_path(args)
-    data = _dataset(args)
     settings = AutoSettings(max_drop=args.max_drop, relative=args.relative, strategy=args.strategy,
                             sensitivity=args.sensitivity, max_evals=args.max_evals, eval_num=args.eval_num,
                             rank_num=args.rank_num, metric=args.metric)
+    calib_settings = _calib_settings(args)
+    path = _model_path(args)
+    data = _dataset(args)
     pre = _preprocess(args, load_model(path))
     save_dir = Path(args.save_dir) if args.save_dir else Path("runs") / path.stem
     try:
         result = auto_calibrate(path, data, calib_data=args.calib_data, settings=settings,
-                                calib_settings=_calib_settings(args), save_dir=save_dir, resume=args.resume,
+                                calib_settings=calib_settings, save_dir=save_dir, resume=args.resume,
                                 preprocess=pre, config=args.config)
     except KeyboardInterrupt:
         print(f"nbquant: interrupted; the record is kept: continue with the same command and --resume "
