@@ -32,13 +32,13 @@ class FallbackWidget:
         self.run_button = w.Button(description="Run search", button_style="primary", icon="play")
         self.status = w.HTML()
         self.table = w.HTML()
-        self.plot = w.Image(format="png", layout=w.Layout(width="560px"))
+        self.plot = w.Image(format="png", layout=w.Layout(width="560px", height="auto", object_fit="contain"))
         self.answers_: list[SearchAnswer] = []
         self.run_button.on_click(lambda _: self.run())
         for control in (self.target, self.mode, self.strategy, self.run_button, self.status, self.table):
             control.add_class("nbquant-fallback")
         self.box = w.VBox([w.HBox([self.target, self.mode]), w.HBox([self.strategy, self.run_button]),
-                           self.status, w.HBox([self.plot, self.table])])
+                           self.status, w.HBox([self.plot, self.table], layout=w.Layout(align_items="flex-start"))])
 
     def __repr__(self) -> str:
         return (f"FallbackWidget(target={self.target.value}, mode={self.mode.value!r}, "
@@ -89,4 +89,5 @@ def answer_html(answer: SearchAnswer) -> str:
     summary = answer.summary().T.rename(columns={0: "value"})
     fallen = pd.DataFrame({"fell back to float": answer.float_layers or ["(none: all layers in int8)"]})
     return (summary.to_html(classes="nbquant-summary", float_format=lambda v: f"{v:.4f}")
-            + fallen.to_html(classes="nbquant-fallen", index=False))
+            + "<div style='max-height:300px;overflow-y:auto'>"
+            + fallen.to_html(classes="nbquant-fallen", index=False) + "</div>")
