@@ -65,11 +65,11 @@ class FallbackWidget:
         finally:
             self.run_button.disabled = False
         self.answers_.append(answer)
-        self.status.value = status_text(answer)
-        self.table.value = answer_html(answer)
         fig = plot_search_history(self.explorer.points(), self.explorer.original_metric, answer.target,
                                   answer.relative, chosen=answer.float_layers if answer.ok else None)
         self.plot.value = figure_png(fig)
+        self.table.value = answer_html(answer)
+        self.status.value = status_text(answer)
         return answer
 
 

@@ -106,12 +106,12 @@ def open_and_run_all(page, url: str, token: str, path: str, timeout_s: float = 3
                            "&& window.jupyterapp.shell.currentWidget.sessionContext.session "
                            "&& window.jupyterapp.shell.currentWidget.sessionContext.session.kernel",
                            timeout=120_000)
-    page.wait_for_function("() => window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.status "
-                           "=== 'idle'", timeout=120_000)
+    page.wait_for_function(_IDLE, timeout=120_000)
     page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
     page.wait_for_function(_ALL_RUN, timeout=timeout_s * 1000, polling=1000)
 
 
+_IDLE = "() => window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.status === 'idle'"
 _ALL_RUN = """() => {
     const nb = window.jupyterapp.shell.currentWidget;
     const cells = nb.content.widgets.filter(c => c.model.type === 'code');
@@ -157,3 +157,42 @@ def readout(widget) -> str:
 def environment(model: Path, data: Path) -> dict:
     """This process's environment with absolute model and data paths for the kernel."""
     return {**os.environ, "NBQUANT_MODEL": str(Path(model).resolve()), "NBQUANT_DATA": str(Path(data).resolve())}
+
+
+def _wait_until(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def retarget_in_browser(workdir: Path, model: Path, data: Path, out: Path, target: float = 0.03) -> dict:
+    """Run 03_fallback_loop in JupyterLab, drag the slider to ``target``, press run; screenshots into ``out``.
+
+    Returns the table text before and after, the status line, the slider readout and any errors.
+    """
+    root = workdir / "lab"
+    (root / "notebooks").mkdir(parents=True)
+    shutil.copyfile(Path(__file__).resolve().parents[2] / "notebooks" / NOTEBOOK, root / "notebooks" / NOTEBOOK)
+    out.mkdir(parents=True, exist_ok=True)
+    with jupyterlab(root, environment(model, data), out / "jupyterlab.log") as (url, token), \
+            chromium_page(workdir / "chromium-profile") as page:
+        open_and_run_all(page, url, token, f"notebooks/{NOTEBOOK}")
+        errors = error_outputs(page)
+        widget = fallback_widget(page)
+        widget.scroll_into_view_if_needed()
+        before, before_readout = table_text(widget), readout(widget)
+        widget.screenshot(path=str(out / "widget_before_retarget.png"))
+        set_slider(page, widget, target, 0.05)
+        _wait_until(lambda: readout(widget) != before_readout, 10, "the slider readout to move")
+        widget.get_by_role("button", name="Run search").click()
+        after = _wait_until(lambda: (t := table_text(widget)) != before and t, 60, "the result table to change")
+        page.wait_for_function(_IDLE, timeout=60_000)  # the callback has finished: status and plot are set too
+        status = widget.locator(".widget-html-content").first.inner_text()
+        moved = float(readout(widget))
+        widget.screenshot(path=str(out / "widget_after_retarget.png"))
+        page.screenshot(path=str(out / "jupyterlab_after_retarget.png"))
+    return {"before": before, "after": after, "status": status, "readout": moved, "errors": errors}
