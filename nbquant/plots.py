@@ -7,9 +7,6 @@ import io
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
-from matplotlib.patches import Patch
-from matplotlib.ticker import MaxNLocator
 
 from .analysis import clip_ranges, layer_kinds, rank_correlation
 from .errors import ConfigError
@@ -19,7 +16,16 @@ KIND_COLORS = {"conv": "#7f7f7f", "depthwise": "#1f77b4", "pointwise": "#ff7f0e"
 METHOD_COLORS = {"minmax": "#d62728", "percentile": "#9467bd", "mse": "#2ca02c", "kl": "#ff7f0e"}
 
 
-def figure_png(fig: Figure, dpi: int = 100) -> bytes:
+def new_figure(**kwargs) -> "Figure":
+    """A matplotlib Figure outside pyplot (nothing kept globally); needs the notebooks extra."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ImportError("nbquant.plots needs matplotlib: pip install 'nbquant[notebooks]'") from None
+    return Figure(layout="constrained", **kwargs)
+
+
+def figure_png(fig: "Figure", dpi: int = 100) -> bytes:
     """The figure as PNG bytes (for image widgets and files)."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
@@ -48,17 +54,18 @@ def _require(frame: pd.DataFrame, columns, what: str) -> None:
 
 
 def _kind_legend(ax, kinds) -> None:
+    from matplotlib.patches import Patch
     ax.legend(handles=[Patch(color=KIND_COLORS.get(k, "k"), label=k) for k in kinds if k in set(kinds)],
               loc="best", fontsize=8)
 
 
-def plot_clip_methods(calibration, layers, methods=None, symmetric: bool = False) -> Figure:
+def plot_clip_methods(calibration, layers, methods=None, symmetric: bool = False) -> "Figure":
     """Per layer, the input activation's histogram with each clip method's range marked
     (the method the calibration chose drawn solid)."""
     layers = list(layers)
     table = clip_ranges(calibration, layers, methods, symmetric)
     inputs = {layer.name: layer.input for layer in calibration.prepared.layers}
-    fig = Figure(figsize=(6 * min(len(layers), 2), 3.2 * -(-len(layers) // 2)), layout="constrained")
+    fig = new_figure(figsize=(6 * min(len(layers), 2), 3.2 * -(-len(layers) // 2)))
     axes = fig.subplots(-(-len(layers) // 2), min(len(layers), 2), squeeze=False).ravel()
     for ax, name in zip(axes, layers):
         counts, edges = coarse_histogram(*calibration.calibrator.observers_[inputs[name]].histogram)
@@ -78,12 +85,12 @@ def plot_clip_methods(calibration, layers, methods=None, symmetric: bool = False
     return fig
 
 
-def plot_weight_scales(calibration, layer_table: pd.DataFrame | None = None) -> Figure:
+def plot_weight_scales(calibration, layer_table: pd.DataFrame | None = None) -> "Figure":
     """Every output channel's weight scale per layer (graph order, log scale), colored by layer kind."""
     quant = calibration.calibrator.quant_
     table = layer_table if layer_table is not None else calibration.prepared.table
     kinds = dict(zip(table["layer"], layer_kinds(table)))
-    fig = Figure(figsize=(12, 4), layout="constrained")
+    fig = new_figure(figsize=(12, 4))
     ax = fig.subplots()
     for i, (name, lq) in enumerate(quant.items()):
         scales = np.atleast_1d(lq.weight.scale)
@@ -118,7 +125,7 @@ def _with_kinds(ranking: pd.DataFrame, layer_table: pd.DataFrame | None) -> pd.D
     return frame
 
 
-def plot_sensitivity(ranking: pd.DataFrame, layer_table: pd.DataFrame | None = None, top: int = 5) -> Figure:
+def plot_sensitivity(ranking: pd.DataFrame, layer_table: pd.DataFrame | None = None, top: int = 5) -> "Figure":
     """Bar chart of sensitivity by layer in graph order, colored by kind; the ``top`` most sensitive named."""
     _require(ranking, ["layer", "score", "rank"], "plot_sensitivity")
     frame = _with_kinds(ranking, layer_table)
@@ -127,7 +134,7 @@ def plot_sensitivity(ranking: pd.DataFrame, layer_table: pd.DataFrame | None = N
     frame["sensitivity"] = sensitivity_values(frame)
     frame = frame.sort_values("graph_index")
     method = frame["metric"].iloc[0] if "metric" in frame else "score"
-    fig = Figure(figsize=(12, 4), layout="constrained")
+    fig = new_figure(figsize=(12, 4))
     ax = fig.subplots()
     ax.bar(frame["graph_index"], frame["sensitivity"], color=[KIND_COLORS.get(k, "k") for k in frame["kind"]])
     for row in frame[frame["rank"] <= top].itertuples():
@@ -141,12 +148,12 @@ def plot_sensitivity(ranking: pd.DataFrame, layer_table: pd.DataFrame | None = N
     return fig
 
 
-def plot_ranking_comparison(comparison: pd.DataFrame, a: str, b: str, layer_table=None) -> Figure:
+def plot_ranking_comparison(comparison: pd.DataFrame, a: str, b: str, layer_table=None) -> "Figure":
     """Rank under metric ``a`` against rank under ``b`` (from ``compare_rankings``), with Spearman rho."""
     _require(comparison, [f"rank_{a}", f"rank_{b}"], "plot_ranking_comparison")
     frame = _with_kinds(comparison, layer_table) if layer_table is not None or "op" in comparison else comparison
     colors = [KIND_COLORS.get(k, "k") for k in frame.get("kind", pd.Series("conv", index=frame.index))]
-    fig = Figure(figsize=(5.5, 5), layout="constrained")
+    fig = new_figure(figsize=(5.5, 5))
     ax = fig.subplots()
     ax.scatter(frame[f"rank_{a}"], frame[f"rank_{b}"], c=colors, s=18)
     n = int(max(frame[f"rank_{a}"].max(), frame[f"rank_{b}"].max()))
@@ -170,13 +177,13 @@ def target_metric(original: float, max_drop: float, relative: bool = False) -> f
 
 
 def plot_search_history(history: pd.DataFrame, original_metric: float, max_drop: float, relative: bool = False,
-                        chosen=None, ax=None) -> Figure:
+                        chosen=None, ax=None) -> "Figure":
     """Metric versus number of int8 layers for every evaluated configuration, the target line,
     the float model's line and the ``chosen`` float-layer set highlighted."""
     _require(history, ["n_int8", "metric"], "plot_search_history")
     original = history.get("kind", pd.Series("search", index=history.index)) == "original"
     points = history[~original & history["metric"].notna()]
-    fig = Figure(figsize=(7, 4), layout="constrained") if ax is None else ax.figure
+    fig = new_figure(figsize=(7, 4)) if ax is None else ax.figure
     ax = fig.subplots() if ax is None else ax
     target = target_metric(original_metric, max_drop, relative)
     ok = points["metric"] >= target - 1e-12
@@ -194,6 +201,7 @@ def plot_search_history(history: pd.DataFrame, original_metric: float, max_drop:
                        label=f"chosen: {int(hit['n_int8'].iloc[0])} layers int8")
     n_layers = int((history["n_int8"] + history["n_float"]).max()) if "n_float" in history else None
     ax.set_xlim(-1, (n_layers or int(history["n_int8"].max())) + 1)
+    from matplotlib.ticker import MaxNLocator
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("layers in int8")
     ax.set_ylabel("metric")

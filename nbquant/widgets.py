@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import html
 
-import ipywidgets as w
 import pandas as pd
 
 from .errors import NbquantError
@@ -23,6 +22,7 @@ class FallbackWidget:
 
     def __init__(self, explorer: FallbackExplorer, max_drop: float = 0.01, relative: bool = False,
                  strategy: str = "refine", max_target: float = 0.05):
+        w = _ipywidgets()
         self.explorer = explorer
         self.target = w.FloatSlider(value=max_drop, min=0.0, max=max_target, step=max_target / 100,
                                     readout_format=".4f", description="max loss", continuous_update=False)
@@ -71,6 +71,14 @@ class FallbackWidget:
         self.table.value = answer_html(answer)
         self.status.value = status_text(answer)
         return answer
+
+
+def _ipywidgets():
+    try:
+        import ipywidgets
+    except ImportError:
+        raise ImportError("nbquant.widgets needs ipywidgets: pip install 'nbquant[notebooks]'") from None
+    return ipywidgets
 
 
 def status_text(answer: SearchAnswer) -> str:
