@@ -56,5 +56,7 @@ def test_notebook_runs_top_to_bottom(name, real_model_path, real_data, tmp_path,
     assert not [o for o in outputs if o.output_type == "error"]
     tagged = [c for c in notebook.cells if "main-figure" in c.metadata.get("tags", [])]
     assert tagged and all(any("image/png" in o.get("data", {}) for o in c.outputs) for c in tagged)
+    widgets = [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert any("calibrate" in o["data"].get("text/plain", "") for o in widgets), "tqdm.auto renders as a widget"
     assert not (NOTEBOOKS / "runs").exists() and (tmp_path / "runs").exists() == (name == NAMES[2])
     assert os.environ["NBQUANT_MODEL"] == str(Path(real_model_path).resolve())
