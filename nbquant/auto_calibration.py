@@ -85,6 +85,8 @@ class AutoCalibrationResult:
     paths: RunPaths = field(repr=False)
     seconds: float = 0.0
     calibration: CalibrationResult | None = field(default=None, repr=False)
+    calibrator: Calibrator | None = field(default=None, repr=False)  # every layer, as searched
+    evaluator: object = field(default=None, repr=False)  # prepared: images decoded, float outputs cached
 
     @property
     def evaluations(self) -> int:
@@ -226,8 +228,12 @@ def _run(prepared, eval_data, calib_set, pre, evaluator, settings, calib_setting
     search.bar.close()
     history = load_record(paths.record)
     if final is None:
-        return _failed(record, history, ranking, paths, calibrator, prepared, settings, start)
-    return _finish(final, search, record, history, ranking, paths, calibrator, prepared, histograms, means, start)
+        result = _failed(record, history, ranking, paths, calibrator, prepared, settings, start)
+    else:
+        result = _finish(final, search, record, history, ranking, paths, calibrator, prepared, histograms, means,
+                         start)
+    result.calibrator, result.evaluator = calibrator, evaluator
+    return result
 
 
 def _search(search: _Search, strategy: str, ranked: list[str]) -> frozenset | None:
