@@ -3,6 +3,7 @@ run, see the result table and plot; the logic is plain Python, testable without 
 
 from __future__ import annotations
 
+import base64
 import html
 
 import pandas as pd
@@ -32,7 +33,9 @@ class FallbackWidget:
         self.run_button = w.Button(description="Run search", button_style="primary", icon="play")
         self.status = w.HTML()
         self.table = w.HTML()
-        self.plot = w.Image(format="png", layout=w.Layout(width="560px", height="auto", object_fit="contain"))
+        # an <img> with a data URI in an HTML widget: an Image widget was seen keeping its old picture in
+        # JupyterLab after the value changed (screenshot after a re-target)
+        self.plot = w.HTML()
         self.answers_: list[SearchAnswer] = []
         self.run_button.on_click(lambda _: self.run())
         for control in (self.target, self.mode, self.strategy, self.run_button, self.status, self.table):
@@ -67,7 +70,8 @@ class FallbackWidget:
         self.answers_.append(answer)
         fig = plot_search_history(self.explorer.points(), self.explorer.original_metric, answer.target,
                                   answer.relative, chosen=answer.float_layers if answer.ok else None)
-        self.plot.value = figure_png(fig)
+        png = base64.b64encode(figure_png(fig)).decode("ascii")
+        self.plot.value = f'<img src="data:image/png;base64,{png}" style="width:560px" alt="search history">'
         self.table.value = answer_html(answer)
         self.status.value = status_text(answer)
         return answer
