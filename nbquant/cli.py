@@ -213,6 +213,8 @@ def cmd_auto_calibrate(args) -> int:
     history = result.history.drop(columns=["float_layers"])
     print(history.to_string(index=False))
     print(f"\n{result.message}")
+    if result.ok:
+        print(f"deploy model metric (onnxruntime integer kernels): {result.deploy_metric}")
     print(f"{result.evaluations} evaluations, {result.seconds:.1f} s")
     if result.float_layers and result.ok:
         print("layers in float: " + ", ".join(result.float_layers))

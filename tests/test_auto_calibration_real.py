@@ -47,6 +47,7 @@ def test_default_run_meets_a_tight_budget(real_model_path, real_data, tmp_path):
                             settings=AutoSettings(max_drop=0.002, eval_num=500, rank_num=32), progress=False)
     assert result.ok, result.message
     assert result.original_metric - result.final_metric <= 0.002 + 1e-9
+    assert abs(result.deploy_metric - result.final_metric) <= 0.006
     assert len(result.float_layers) <= 5 and result.evaluations <= 10
     for path in (result.paths.fake_quant_model, result.paths.deploy_model, result.paths.final_config,
                  result.paths.ranking, result.paths.record, result.paths.log_file):
