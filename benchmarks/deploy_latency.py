@@ -45,8 +45,8 @@ def main() -> None:
         run = calibrate(model_path, calib, save_dir=Path(tmp) / "run", progress=False)
         models = {"float": model_path, "nbquant deploy": run.paths.deploy_model,
                   "onnxruntime quantize_static QDQ": ort_qdq_model(model_path, calib, Path(tmp))}
-        print(f"machine: {machine()}, threads {args.threads}")
-        rows = {label: {b: latency_ms(m, b, args.threads) for b in (1, 32)} for label, m in models.items()}
+        print(f"machine: {machine()}")
+        rows = {label: {b: latency_ms(m, b) for b in (1, 32)} for label, m in models.items()}
     base = rows["float"]
     print(f"{'model':34s} {'batch 1 ms':>10s} {'ratio':>6s} {'batch 32 ms':>11s} {'ratio':>6s}")
     for label, r in rows.items():

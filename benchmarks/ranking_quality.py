@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from common import machine, model_and_data, parser
+from nbquant.analysis import rank_correlation as spearman
 from nbquant.calibration import Calibrator
 from nbquant.datasets import ImageDataset
 from nbquant.evaluators import LogitEvaluator, mean_kl, top1
@@ -19,10 +20,6 @@ from nbquant.image_cache import cache_images
 from nbquant.pipeline import CalibrationSettings, build_config, collect_histograms, prepare_model, resolve_preprocess
 from nbquant.qdq import make_fake_quant_model
 from nbquant.sensitivity import rank_layers
-
-
-def spearman(a, b) -> float:
-    return float(pd.Series(a).rank().corr(pd.Series(b).rank()))
 
 
 def main() -> None:
