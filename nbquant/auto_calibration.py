@@ -156,9 +156,10 @@ class _Search:
         return metric
 
     def best_passing(self) -> frozenset | None:
-        passing = [(len(s["float_layers"]), -s["loss"], frozenset(s["float_layers"]))
-                   for s in self.record["steps"] if s["ok"] and s["kind"] != "original"]
-        return min(passing, key=lambda t: (t[0], -t[1]))[2] if passing else None
+        """The passing configuration with the fewest float layers (then the smallest loss)."""
+        passing = [s for s in self.record["steps"] if s["ok"] and s["kind"] != "original"]
+        best = min(passing, key=lambda s: (len(s["float_layers"]), s["loss"]), default=None)
+        return None if best is None else frozenset(best["float_layers"])
 
 
 def auto_calibrate(model, data, *, calib_data=None, evaluator=None, settings: AutoSettings | None = None,
