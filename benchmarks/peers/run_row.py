@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import platform
 import sys
 import time
@@ -36,7 +37,7 @@ def main() -> None:
     out_dir = args.out.with_suffix("")
     out_dir.mkdir(parents=True, exist_ok=True)
     row = {"tool": args.tool, "setting": args.setting, "python": platform.python_version(),
-           "interpreter": sys.executable}
+           "interpreter": sys.executable, "loadavg_start": os.getloadavg()[0]}
     start = time.perf_counter()
     try:
         module = importlib.import_module(MODULES[args.tool])
@@ -49,6 +50,7 @@ def main() -> None:
         row.update(error_row(exc))
         row.setdefault("versions", _safe_versions(args.tool))
     row["process_s"] = round(time.perf_counter() - start, 1)
+    row["loadavg_end"] = os.getloadavg()[0]  # 1-minute load: > 2.5 on 2 cores means others competed
     write_json(args.out, row)
     print(f"{args.tool} {args.setting}: {'ok' if row.get('ok') else 'FAILED ' + row.get('error', '')}",
           flush=True)
