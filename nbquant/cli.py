@@ -64,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     ev.add_argument("--samples", default=None, help="write the per-image results to this CSV file")
 
+    lay = sub.add_parser("layers", help="list the quantizable layers and the ops left in float",
+                         description="Print the layers nbquant quantizes (after naming nodes and folding BN) "
+                                     "and the ops it leaves in float, with why.")
+    _model_arg(lay)
+
     cal = sub.add_parser("calibrate", help="calibrate all layers to int8, write fake-quant and deploy models",
                          description="Calibrate every quantizable layer and write the run folder: "
                                      "results/ (models, quant.json), tmp/ (config, scales), log/.")
@@ -152,6 +157,21 @@ def cmd_evaluate(args) -> int:
     if args.samples:
         result.samples.to_csv(args.samples, index=False)
         print(f"per-image results: {args.samples}")
+    return 0
+
+
+def cmd_layers(args) -> int:
+    from .graph import float_op_table
+    from .pipeline import prepare_model
+    prepared = prepare_model(_model_path(args))
+    table = prepared.table[["layer", "op", "input_shape", "weight_shape", "params", "macs", "depthwise"]]
+    print(table.to_string(index=False, max_colwidth=40))
+    print(f"\n{len(table)} quantizable layers, {table['macs'].sum() / 1e6:.1f} M MACs")
+    if prepared.renamed:
+        print(f"{len(prepared.renamed)} unnamed nodes got stable names <op>_<index>")
+    if prepared.fusions:
+        print(f"{len(prepared.fusions)} BatchNormalization nodes folded into Convs")
+    print("\nleft in float:\n" + float_op_table(prepared.model).to_string(index=False))
     return 0
 
 
@@ -256,7 +276,7 @@ def cmd_zoo(args) -> int:
     return 0
 
 
-COMMANDS = {"evaluate": cmd_evaluate, "calibrate": cmd_calibrate, "auto-calibrate": cmd_auto_calibrate,
+COMMANDS = {"evaluate": cmd_evaluate, "layers": cmd_layers, "calibrate": cmd_calibrate, "auto-calibrate": cmd_auto_calibrate,
             "demo": cmd_demo, "zoo": cmd_zoo}
 
 

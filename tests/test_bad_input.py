@@ -135,3 +135,10 @@ def test_bad_setting_values(capsys, model_file, images, tmp_path):
     code, _, err = run(capsys, "calibrate", model_file, "--data", images, "--save-dir", tmp_path / "out",
                        "--resize", "8", "--crop", "8", "--calib-num", "0")
     assert code == 2 and "calib_num must be an int >= 1, got 0" in err
+
+
+def test_layers_command_lists_layers_and_float_ops(capsys, model_file):
+    code, out, _ = run(capsys, "layers", model_file)
+    assert code == 0
+    assert "Conv_0" in out and "2 quantizable layers" in out and "1 BatchNormalization nodes folded" in out
+    assert "Relu" in out and "absorbed by the next layer" in out
