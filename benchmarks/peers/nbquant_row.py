@@ -29,18 +29,23 @@ def run(data: Data, tool: str, setting: str, out_dir: Path) -> dict:
     images = ImageDataset(data.data_dir)
     if n_eval < len(images):
         images = images.subset(n_eval)
+    auto = AutoSettings(max_drop=max_drop, strategy=STRATEGY[tool])
     start = time.perf_counter()
     result = auto_calibrate(data.model_path, images, save_dir=out_dir / "run",
-                            settings=AutoSettings(max_drop=max_drop, strategy=STRATEGY[tool]),
+                            settings=auto,
                             calib_settings=CalibrationSettings(calib_num=n_calib, per_channel=per_channel),
                             progress=False)
     wall = time.perf_counter() - start
     n = len(result.ranking)
+    # the ranking runs the float model and each layer quantized alone on the ranking images
+    rank_images = min(auto.rank_num, n_calib)
     return {
         "ok": True, "met": bool(result.ok), "wall_s": round(wall, 1),
         "original_metric": float(result.original_metric),
         "final_metric": float(result.final_metric) if result.ok else None,
-        "full_evaluations": result.evaluations, "partial_calls": 0, "partial_images": 0,
+        # its search steps (float model included) and the final check of the deploy model
+        "full_evaluations": result.evaluations + (result.deploy_metric is not None),
+        "partial_calls": n + 1, "partial_images": (n + 1) * rank_images,
         "tool_float_layers": f"{len(result.float_layers)} of {n}",
         "model": str(result.paths.deploy_model) if result.ok else None,
         "message": result.message,
