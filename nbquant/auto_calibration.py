@@ -4,7 +4,9 @@ Flow (the reference tool's, with nbquant's differences in brackets): evaluate th
 model; calibrate all layers [once: scales come from float activations, so re-calibrating
 after a fallback would change nothing]; evaluate the all-int8 model; rank layers; search
 for a float set that meets the budget [evaluations cached by configuration, budget-bounded,
-default strategy verifies each layer it keeps in float]; write the final models and files.
+default strategy verifies each layer it keeps in float; a configuration passes only when
+its deploy model, run with onnxruntime's integer kernels, meets the budget too]; write the
+final models and files.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from tqdm.auto import tqdm
 from .calibration import Calibrator
 from .config import config_to_dict
 from .datasets import ImageDataset
+from .deploy import make_deploy_model
 from .errors import ConfigError, NbquantError
 from .evaluators import LogitEvaluator
 from .files import RunPaths, atomic_write_json, atomic_write_text, remove_dir, save_model
@@ -54,6 +57,7 @@ class AutoSettings:
     eval_num: int | None = None
     rank_num: int = 32
     metric: str | None = None  # built-in evaluator: top1 when labeled, else agreement
+    check_deploy: bool = True  # a configuration passes only when its deploy model meets the budget too
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -85,7 +89,7 @@ class AutoCalibrationResult:
     paths: RunPaths = field(repr=False)
     seconds: float = 0.0
     calibration: CalibrationResult | None = field(default=None, repr=False)
-    deploy_metric: object = None  # the deploy model's metric (onnxruntime integer kernels), checked at the end
+    deploy_metric: object = None  # the deploy model's metric (onnxruntime integer kernels)
     calibrator: Calibrator | None = field(default=None, repr=False)  # every layer, as searched
     evaluator: object = field(default=None, repr=False)  # prepared: images decoded, float outputs cached
 
@@ -103,9 +107,10 @@ class AutoCalibrationResult:
 class _Search:
     """Evaluates configurations once each, records every step, tracks the best passing one."""
 
-    def __init__(self, prepared, calibrator, evaluator, record, paths, temp, max_evals, progress):
+    def __init__(self, prepared, calibrator, evaluator, record, paths, temp, max_evals, progress, check_deploy):
         self.prepared, self.calibrator, self.evaluator = prepared, calibrator, evaluator
         self.record, self.paths, self.temp, self.max_evals = record, paths, temp, max_evals
+        self.check_deploy = check_deploy
         self.cache = {frozenset(s["float_layers"]): s for s in record["steps"] if s["kind"] != "original"}
         self.bar = tqdm(total=max_evals, desc="auto-calibrate", unit="eval", disable=not progress)
         self.bar.update(min(len(record["steps"]), max_evals))
@@ -124,7 +129,17 @@ class _Search:
         metric = self.evaluate(make_fake_quant_model(self.prepared.model, quant), number, float_layers)
         ok, loss = self.evaluator.metric_eval(self.record["original_metric"], metric)
         step = {"step": number, "kind": kind, "float_layers": sorted(float_layers), "metric": _jsonable(metric),
-                "loss": float(loss), "ok": bool(ok), "seconds": round(time.perf_counter() - start, 3)}
+                "loss": float(loss), "ok": bool(ok)}
+        if ok and self.check_deploy:
+            # integer kernels round differently from the simulation: what is shipped must pass too
+            deploy = make_deploy_model(self.prepared.model, quant, self.calibrator.tensor_qparams_)
+            deploy_metric = self.evaluate(deploy, number, float_layers, "deploy")
+            deploy_ok, deploy_loss = self.evaluator.metric_eval(self.record["original_metric"], deploy_metric)
+            step.update(deploy_metric=_jsonable(deploy_metric), deploy_loss=float(deploy_loss), ok=bool(deploy_ok))
+            if not deploy_ok:
+                log.info("step %d: the fake-quant model meets the target but the deploy model does not "
+                         "(metric %s, loss %.5f)", number, deploy_metric, deploy_loss)
+        step["seconds"] = round(time.perf_counter() - start, 3)
         self.record["steps"].append(step)
         save_record(self.record, self.paths.record)
         self.cache[float_layers] = step
@@ -135,13 +150,13 @@ class _Search:
         self.bar.set_postfix(step=number, float=len(float_layers), metric=f"{metric}", loss=f"{loss:.4f}")
         return step
 
-    def evaluate(self, model, number: int, float_layers) -> object:
-        where = f"step {number} ({len(float_layers)} layers in float)"
+    def evaluate(self, model, number: int, float_layers, which: str = "fake_quant") -> object:
+        where = f"step {number} ({len(float_layers)} layers in float, {which.replace('_', '-')} model)"
         try:
             if isinstance(self.evaluator, LogitEvaluator):
                 metric = self.evaluator.evaluate(model)
             else:
-                path = self.temp / f"step_{number}_fake_quant_model.onnx"
+                path = self.temp / f"step_{number}_{which}_model.onnx"
                 save_model(model, path)
                 metric = self.evaluator.evaluate(str(path))
                 path.unlink(missing_ok=True)
@@ -222,7 +237,8 @@ def _run(prepared, eval_data, calib_set, pre, evaluator, settings, calib_setting
                           "the evaluator's check rejects even the float model")
     histograms, means = collect_histograms(prepared, calib_set, pre, calib_settings, progress)
     calibrator = Calibrator(config).fit(prepared.model, histograms, means)
-    search = _Search(prepared, calibrator, evaluator, record, paths, temp, settings.max_evals, progress)
+    search = _Search(prepared, calibrator, evaluator, record, paths, temp, settings.max_evals, progress,
+                     settings.check_deploy)
     first = search.step(frozenset(), kind="all_int8")
     log.info("Accuracy of global quantized model is %s", first["metric"])
     ranking = _ranking(prepared, calibrator, calib_set, pre, settings, record, paths, progress)
@@ -272,7 +288,9 @@ def _finish(found, search, record, history, ranking, paths, calibrator, prepared
     result = CalibrationResult(prepared, final_config, final_cal, fake, deploy, 0.0, paths)
     write_run(result, paths)
     atomic_write_json(paths.final_config, config_to_dict(final_config))
-    deploy_metric = _check_deploy(search.evaluator, deploy, paths, record["original_metric"])
+    deploy_metric = step.get("deploy_metric")
+    if deploy_metric is None:
+        deploy_metric = _check_deploy(search.evaluator, deploy, paths, record["original_metric"])
     seconds = time.perf_counter() - start
     n, n_int8 = len(final_config.layers), len(final_config.enabled)
     log.info("Accuracy of saved model is %s (%d of %d layers in int8, %d evaluations)", step["metric"],
@@ -280,7 +298,7 @@ def _finish(found, search, record, history, ranking, paths, calibrator, prepared
     log.info("The generated model is stored in dir: %s", paths.results)
     log.info("Cost time %.1f s", seconds)
     message = (f"target met: {n_int8} of {n} layers in int8, metric {step['metric']} "
-               f"(original {record['original_metric']}, loss {step['loss']:.5f})")
+               f"(original {record['original_metric']}, loss {step['loss']:.5f}; deploy model {deploy_metric})")
     table = pd.DataFrame({"layer": list(final_config.layers),
                           "op": [layer.op for layer in prepared.layers],
                           "quant_enable": [c.enabled for c in final_config.layers.values()]})
@@ -289,8 +307,8 @@ def _finish(found, search, record, history, ranking, paths, calibrator, prepared
 
 
 def _check_deploy(evaluator, deploy, paths: RunPaths, original):
-    """Evaluate the written deploy model once: its integer kernels round differently from the
-    simulation the search used, so say so when it misses the target."""
+    """Evaluate the written deploy model once (search without ``check_deploy``): its integer
+    kernels round differently from the simulation the search used, so say so when it misses."""
     metric = evaluator.evaluate(deploy if isinstance(evaluator, LogitEvaluator) else str(paths.deploy_model))
     ok, loss = evaluator.metric_eval(original, metric)
     log.info("Accuracy of deploy model is %s (loss %.5f)", metric, loss)

@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "reference tool's per-layer metric")
     group.add_argument("--max-evals", type=int, default=20, help="at most this many full evaluations (default 20)")
     group.add_argument("--rank-num", type=int, default=32, help="calibration images used for ranking (default 32)")
+    group.add_argument("--no-check-deploy", dest="check_deploy", action="store_false",
+                       help="judge configurations by the fake-quant model alone (default: the deploy model, run "
+                            "with onnxruntime's integer kernels, must meet the target too)")
     auto.add_argument("--save-dir", default=None, help="run folder (default runs/<model name>)")
     auto.add_argument("--resume", action="store_true",
                       help="continue from the run folder's record (same arguments); re-evaluates nothing done")
@@ -216,7 +219,7 @@ def cmd_auto_calibrate(args) -> int:
     from .graph import load_model
     settings = AutoSettings(max_drop=args.max_drop, relative=args.relative, strategy=args.strategy,
                             sensitivity=args.sensitivity, max_evals=args.max_evals, eval_num=args.eval_num,
-                            rank_num=args.rank_num, metric=args.metric)
+                            rank_num=args.rank_num, metric=args.metric, check_deploy=args.check_deploy)
     calib_settings = _calib_settings(args)
     path = _model_path(args)
     data = _dataset(args)

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import onnx
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from nbquant.auto_calibration import AutoSettings, EvaluatorError, auto_calibrate
 from nbquant.cli import EXIT_NOT_MET
 from nbquant.errors import ConfigError
+from nbquant.evaluation import SIMULATE_KEY
 from nbquant.pipeline import CalibrationSettings
 from nbquant.search_record import load_ranking, load_record
 
@@ -47,7 +49,7 @@ def test_default_run_meets_a_tight_budget(real_model_path, real_data, tmp_path):
                             settings=AutoSettings(max_drop=0.002, eval_num=500, rank_num=32), progress=False)
     assert result.ok, result.message
     assert result.original_metric - result.final_metric <= 0.002 + 1e-9
-    assert abs(result.deploy_metric - result.final_metric) <= 0.006
+    assert result.original_metric - result.deploy_metric <= 0.002 + 1e-9  # the shipped model meets it too
     assert len(result.float_layers) <= 5 and result.evaluations <= 10
     for path in (result.paths.fake_quant_model, result.paths.deploy_model, result.paths.final_config,
                  result.paths.ranking, result.paths.record, result.paths.log_file):
@@ -56,6 +58,8 @@ def test_default_run_meets_a_tight_budget(real_model_path, real_data, tmp_path):
     assert sorted(k for k, v in final.items() if isinstance(v, dict) and not v["quant_enable"]) == result.float_layers
     history = load_record(result.paths.record)
     assert history["kind"].tolist()[:2] == ["original", "all_int8"]
+    passing = history[history["ok"] & (history["kind"] != "original")]
+    assert len(passing) and passing["deploy_metric"].notna().all()
     assert history["float_layers"].map(tuple).is_unique
     ranking = load_ranking(result.paths.ranking)
     assert len(ranking) == 50 and ranking["score"].is_monotonic_increasing
@@ -76,6 +80,40 @@ def test_search_finds_the_culprits_and_binary_keeps_a_prefix(real_model_path, re
     ranked = binary.ranking["layer"].tolist()
     assert binary.ok and set(binary.float_layers) == set(ranked[:len(binary.float_layers)])
     assert binary.evaluations <= 2 + 6  # original, all-int8, ceil(log2 50)
+
+
+class DeployRounding(HarmfulLayers):
+    """HarmfulLayers for fake-quant models; deploy models also lose 0.01 per ``deploy_harmful`` layer in int8."""
+
+    def __init__(self, harmful, deploy_harmful):
+        super().__init__(harmful)
+        self.deploy_harmful = set(deploy_harmful)
+
+    def evaluate(self, model_path):
+        metric = super().evaluate(model_path)
+        model = onnx.load(model_path)
+        if any(p.key == SIMULATE_KEY for p in model.metadata_props):
+            return metric
+        dequantized = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+        int8_layers = {n.name for n in model.graph.node if len(n.input) > 1 and n.input[1] in dequantized}
+        return metric - 0.01 * len(self.deploy_harmful & int8_layers)
+
+
+def test_deploy_model_must_meet_the_target_too(real_model_path, real_data, tmp_path):
+    deploy_only = ["/_blocks.5/_project_conv/Conv"]
+    settings = AutoSettings(rank_num=8, sensitivity="cosine", max_evals=40)
+    checked = auto_calibrate(real_model_path, real_data, evaluator=DeployRounding([], deploy_only),
+                             save_dir=tmp_path / "checked", settings=settings, calib_settings=FAST_CALIB,
+                             progress=False)
+    assert checked.ok and checked.float_layers == deploy_only, checked.history
+    assert checked.deploy_metric == 1.0
+    first = checked.history.set_index("kind").loc["all_int8"]
+    assert first["metric"] == 1.0 and first["deploy_metric"] == 0.99 and not first["ok"]
+    unchecked = auto_calibrate(real_model_path, real_data, evaluator=DeployRounding([], deploy_only),
+                               save_dir=tmp_path / "unchecked", settings=replace(settings, check_deploy=False),
+                               calib_settings=FAST_CALIB, progress=False)
+    assert unchecked.ok and unchecked.float_layers == [] and unchecked.deploy_metric == 0.99
+    assert "misses the target by rounding" in unchecked.paths.log_file.read_text()
 
 
 def test_unreachable_target_writes_no_model(real_model_path, real_data, tmp_path):
