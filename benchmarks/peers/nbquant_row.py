@@ -39,12 +39,15 @@ def run(data: Data, tool: str, setting: str, out_dir: Path) -> dict:
     n = len(result.ranking)
     # the ranking runs the float model and each layer quantized alone on the ranking images
     rank_images = min(auto.rank_num, n_calib)
+    # search steps count the float model; deploy models are evaluated for each step whose
+    # fake-quant model passed (check_deploy), else once at the end
+    deploy_evals = (int(result.history["deploy_metric"].notna().sum()) if auto.check_deploy
+                    else int(result.deploy_metric is not None))
     return {
         "ok": True, "met": bool(result.ok), "wall_s": round(wall, 1),
         "original_metric": float(result.original_metric),
         "final_metric": float(result.final_metric) if result.ok else None,
-        # its search steps (float model included) and the final check of the deploy model
-        "full_evaluations": result.evaluations + (result.deploy_metric is not None),
+        "full_evaluations": result.evaluations + deploy_evals,
         "partial_calls": n + 1, "partial_images": (n + 1) * rank_images,
         "tool_float_layers": f"{len(result.float_layers)} of {n}",
         "model": str(result.paths.deploy_model) if result.ok else None,
