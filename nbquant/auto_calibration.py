@@ -136,16 +136,15 @@ class _Search:
             deploy_metric = self.evaluate(deploy, number, float_layers, "deploy")
             deploy_ok, deploy_loss = self.evaluator.metric_eval(self.record["original_metric"], deploy_metric)
             step.update(deploy_metric=_jsonable(deploy_metric), deploy_loss=float(deploy_loss), ok=bool(deploy_ok))
-            if not deploy_ok:
-                log.info("step %d: the fake-quant model meets the target but the deploy model does not "
-                         "(metric %s, loss %.5f)", number, deploy_metric, deploy_loss)
         step["seconds"] = round(time.perf_counter() - start, 3)
         self.record["steps"].append(step)
         save_record(self.record, self.paths.record)
         self.cache[float_layers] = step
         n = len(self.calibrator.quant_)
-        log.info("step %d: %d of %d layers in float, metric %s, loss %.5f, %s", number, len(float_layers), n,
-                 metric, loss, "ok" if ok else "not ok")
+        deploy = (f", deploy model {step['deploy_metric']} (loss {step['deploy_loss']:.5f})"
+                  if "deploy_metric" in step else "")
+        log.info("step %d: %d of %d layers in float, metric %s, loss %.5f%s, %s", number, len(float_layers), n,
+                 metric, loss, deploy, "ok" if step["ok"] else "not ok")
         self.bar.update(1)
         self.bar.set_postfix(step=number, float=len(float_layers), metric=f"{metric}", loss=f"{loss:.4f}")
         return step

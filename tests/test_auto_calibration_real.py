@@ -109,6 +109,8 @@ def test_deploy_model_must_meet_the_target_too(real_model_path, real_data, tmp_p
     assert checked.deploy_metric == 1.0
     first = checked.history.set_index("kind").loc["all_int8"]
     assert first["metric"] == 1.0 and first["deploy_metric"] == 0.99 and not first["ok"]
+    assert ("step 1: 0 of 50 layers in float, metric 1.0, loss 0.00000, deploy model 0.99 (loss 0.01000), not ok"
+            in checked.paths.log_file.read_text())
     unchecked = auto_calibrate(real_model_path, real_data, evaluator=DeployRounding([], deploy_only),
                                save_dir=tmp_path / "unchecked", settings=replace(settings, check_deploy=False),
                                calib_settings=FAST_CALIB, progress=False)
