@@ -19,7 +19,8 @@ all images for evaluation, decoded once by nbquant's preprocessing into ``<work>
 ``<work>/rows/<tool>_<setting>.json`` and reused on the next run (``--rerun`` to redo rows,
 ``--retry-failed`` to redo failed ones). Then, in this process and this onnxruntime, each
 produced model is evaluated once more (deploy top-1) and timed at batch 1 and 32 with
-``--threads`` threads next to the float model; its int8 layers are counted from its graph.
+``--threads`` threads, alternating in blocks with the float model (the latency columns are
+the ratio of the medians); its int8 layers are counted from its graph.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ import onnxruntime as ort
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE / "peers"))
 
-from peerlib import SETTINGS, count_layers, latency_ms, top1, write_json  # noqa: E402
+from peerlib import SETTINGS, count_layers, paired_latency_ms, top1, write_json  # noqa: E402
 
 TOOLS = ["nbquant", "nbquant-binary", "nncf", "inc", "ort"]
 TOOL_LABEL = {"nbquant": "nbquant (refine, default)", "nbquant-binary": "nbquant (binary)",
@@ -136,7 +137,7 @@ def fmt(value, spec: str = ".3f", empty: str = "-") -> str:
     return empty if value is None else format(value, spec)
 
 
-def table(rows: list[dict], latency: dict, float_ms: dict) -> list[str]:
+def table(rows: list[dict], latency: dict) -> list[str]:
     base_wall = {r["setting"]: r.get("wall_s") for r in rows if r["tool"] == "nbquant" and r.get("ok")}
     lines = ["| tool | setting | target met | final top-1 | drop | deploy top-1 (drop) | int8 layers | "
              "full evals | wall s | wall / nbquant | latency b1 | latency b32 |",
@@ -161,8 +162,7 @@ def table(rows: list[dict], latency: dict, float_ms: dict) -> list[str]:
         wall = r.get("wall_s")
         ratio = wall / base_wall[setting] if wall and base_wall.get(setting) else None
         lat = latency.get((r["tool"], setting), {})
-        b1 = lat.get(1) / float_ms[1] if lat.get(1) else None
-        b32 = lat.get(32) / float_ms[32] if lat.get(32) else None
+        b1, b32 = lat.get(1), lat.get(32)
         lines.append(f"| {label} | {setting} | {met} | {fmt(final)} | {fmt(drop and round(drop, 3) + 0.0, '+.3f')} | {dep_txt} | {layers} | "
                      f"{evals} | {fmt(wall, '.0f')} | {fmt(ratio, '.2f')} | {fmt(b1, '.2f')} | {fmt(b32, '.2f')} |")
     return lines
@@ -226,17 +226,22 @@ def main() -> None:
     labels = np.load(work / "data" / "labels.npy")
     for r in rows:
         r["measure"] = measure(r, work, eval_images, labels)
-    latency, float_ms = {}, {1: None, 32: None}
+    latency, float_ms = {}, {1: [], 32: []}
     if not args.no_latency:
-        log(f"latency, {args.threads} threads: float model and each produced model")
-        float_ms = {b: latency_ms(str(model), b, args.threads) for b in (1, 32)}
+        log(f"latency, {args.threads} threads: each produced model alternating with the float model")
         for r in rows:
             if r.get("measure"):
-                latency[(r["tool"], r["setting"])] = {b: latency_ms(r["model"], b, args.threads) for b in (1, 32)}
+                pairs = {b: paired_latency_ms(r["model"], str(model), b, args.threads) for b in (1, 32)}
+                latency[(r["tool"], r["setting"])] = {b: m / f for b, (m, f) in pairs.items()}
+                for b, (_, f) in pairs.items():
+                    float_ms[b].append(f)
+    spread = {b: (f"{min(v):.2f}-{max(v):.2f}" if b == 1 else f"{min(v):.1f}-{max(v):.1f}") if v else "-"
+              for b, v in float_ms.items()}
     header = [f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {cpu_name()}, {os.cpu_count()} cores; "
               f"Python {platform.python_version()}; measured with onnxruntime {ort.__version__}",
-              f"float model: {fmt(float_ms[1], '.2f')} ms at batch 1, {fmt(float_ms[32], '.1f')} ms at batch 32 "
-              f"({args.threads} threads); {meta['eval_num']} evaluation images, {meta['calib_num']} calibration",
+              f"float model: {spread[1]} ms at batch 1, {spread[32]} ms at batch 32 ({args.threads} threads; median "
+              "of each pairing; latency columns = model / float, timed in alternating blocks); "
+              f"{meta['eval_num']} evaluation images, {meta['calib_num']} calibration",
               "versions: " + "; ".join(sorted({f"{r['tool']}: " + ", ".join(f"{k} {v}" for k, v in
                                                                           (r.get("versions") or {}).items())
                                                for r in rows}))]
@@ -247,7 +252,7 @@ def main() -> None:
         header.append(f"decoding + preprocessing the {d['images']} JPEGs once took {d['seconds']} s (in every "
                       "nbquant wall time; the peers get the decoded arrays)")
     header.append("float top-1 seen by each tool: " + ", ".join(f"{t} {fmt(v)}" for t, v in floats))
-    lines = header + [""] + table(rows, latency, float_ms)
+    lines = header + [""] + table(rows, latency)
     print("\n".join(lines))
     if args.markdown:
         args.markdown.expanduser().parent.mkdir(parents=True, exist_ok=True)

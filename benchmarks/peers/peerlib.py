@@ -151,21 +151,25 @@ def count_layers(model) -> dict:
             "float_layers": [n for n in names if n not in set(int8)]}
 
 
-def latency_ms(model, batch: int, threads: int = THREADS, runs: int | None = None,
-               shape=(3, 224, 224)) -> float:
-    """Median wall time of one onnxruntime CPU inference at ``batch`` after warm-up."""
-    sess = session(model, threads)
-    name = sess.get_inputs()[0].name
-    x = np.random.default_rng(0).normal(size=(batch, *shape)).astype(np.float32)
-    runs = runs or (60 if batch == 1 else 10)
-    for _ in range(3):
-        sess.run(None, {name: x})
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        sess.run(None, {name: x})
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+def paired_latency_ms(model, reference, batch: int, threads: int = THREADS, runs: int | None = None,
+                      shape=(3, 224, 224)) -> tuple[float, float]:
+    """Median wall time (ms) of one onnxruntime CPU inference of ``model`` and of ``reference``
+    at ``batch``, timed in alternating blocks so that drift of the machine hits both alike (the
+    first run of each block, which finds the other model's weights in the caches, is dropped)."""
+    sessions = [session(model, threads), session(reference, threads)]
+    feeds = [{s.get_inputs()[0].name: np.random.default_rng(0).normal(size=(batch, *shape)).astype(np.float32)}
+             for s in sessions]
+    runs = runs or (200 if batch == 1 else 30)
+    block = 20 if batch == 1 else 5
+    times: list[list[float]] = [[], []]
+    for _ in range(-(-runs // block)):
+        for i, (sess, feed) in enumerate(zip(sessions, feeds)):
+            sess.run(None, feed)
+            for _ in range(block):
+                start = time.perf_counter()
+                sess.run(None, feed)
+                times[i].append(time.perf_counter() - start)
+    return 1000 * statistics.median(times[0]), 1000 * statistics.median(times[1])
 
 
 def write_json(path: Path, obj: dict) -> None:
