@@ -238,7 +238,9 @@ def cmd_auto_calibrate(args) -> int:
     print(f"\n{result.message}")
     if result.ok:
         print(f"deploy model metric (onnxruntime integer kernels): {result.deploy_metric}")
-    print(f"{result.evaluations} evaluations, {result.seconds:.1f} s")
+    deploy_evals = int(result.history["deploy_metric"].notna().sum())
+    print(f"{result.evaluations} evaluations (float model included) and {deploy_evals} of deploy models, "
+          f"{result.seconds:.1f} s")
     if result.float_layers and result.ok:
         print("layers in float: " + ", ".join(result.float_layers))
     paths = result.paths
