@@ -16,11 +16,12 @@ import pandas as pd
 from .calibration import Calibrator
 from .errors import ConfigError, NotFittedError
 from .evaluators import METRICS, Budget, LogitEvaluator
+from .deploy import make_deploy_model
 from .qdq import make_fake_quant_model
 from .search import STRATEGIES
 
 ANSWER_COLUMNS = ["target", "relative", "strategy", "ok", "n_int8", "n_float", "metric", "loss",
-                  "new_evaluations", "seconds"]
+                  "deploy_metric", "new_evaluations", "seconds"]
 
 
 @dataclass
@@ -38,6 +39,7 @@ class SearchAnswer:
     new_evaluations: int
     seconds: float
     visited: list[frozenset] = field(default_factory=list, repr=False)
+    deploy_metric: float | None = None
 
     @property
     def n_int8(self) -> int:
@@ -54,17 +56,22 @@ class FallbackExplorer:
     """Cached fallback search over ``ranked`` layers (most sensitive first).
 
     ``evaluate_config(float_layers: frozenset) -> metric`` runs the model with those layers
-    in float; ``original_metric`` is the float model's. ``cache_`` maps each evaluated float
-    set to its metric; ``evaluations_`` counts the model runs.
+    in float; ``original_metric`` is the float model's. With ``evaluate_deploy`` (the same
+    for the deploy model) a configuration passes only when both meet the target, as in
+    ``auto_calibrate``. ``cache_`` / ``deploy_cache_`` map each evaluated float set to its
+    metric; ``evaluations_`` counts the model runs.
     """
 
-    def __init__(self, ranked: list[str], evaluate_config: Callable[[frozenset], float], original_metric: float):
+    def __init__(self, ranked: list[str], evaluate_config: Callable[[frozenset], float], original_metric: float,
+                 evaluate_deploy: Callable[[frozenset], float] | None = None):
         if not ranked:
             raise ConfigError("FallbackExplorer needs at least one ranked layer, got none")
         self.ranked = list(ranked)
         self.evaluate_config = evaluate_config
+        self.evaluate_deploy = evaluate_deploy
         self.original_metric = float(original_metric)
         self.cache_: dict[frozenset, float] = {}
+        self.deploy_cache_: dict[frozenset, float] = {}
         self.evaluations_ = 0
 
     def __repr__(self) -> str:
@@ -76,6 +83,8 @@ class FallbackExplorer:
         for row in history.itertuples(index=False):
             if row.kind != "original" and pd.notna(row.metric):
                 self.cache_[frozenset(row.float_layers)] = float(row.metric)
+            if row.kind != "original" and pd.notna(getattr(row, "deploy_metric", None)):
+                self.deploy_cache_[frozenset(row.float_layers)] = float(row.deploy_metric)
         return self
 
     def metric(self, float_layers: frozenset) -> float:
@@ -86,6 +95,14 @@ class FallbackExplorer:
             self.evaluations_ += 1
         return self.cache_[float_layers]
 
+    def deploy_metric(self, float_layers: frozenset) -> float:
+        """The deploy model's metric of one configuration, cached like :meth:`metric`."""
+        float_layers = frozenset(float_layers)
+        if float_layers not in self.deploy_cache_:
+            self.deploy_cache_[float_layers] = float(self.evaluate_deploy(float_layers))
+            self.evaluations_ += 1
+        return self.deploy_cache_[float_layers]
+
     def search(self, max_drop: float, relative: bool = False, strategy: str = "refine") -> SearchAnswer:
         """The float set ``strategy`` settles on for this target (all int8 when that passes)."""
         if strategy not in STRATEGIES:
@@ -95,46 +112,62 @@ class FallbackExplorer:
 
         def check(float_layers: frozenset) -> bool:
             visited.append(frozenset(float_layers))
-            return budget.check(self.original_metric, self.metric(float_layers))[0]
+            if not budget.check(self.original_metric, self.metric(float_layers))[0]:
+                return False
+            return (self.evaluate_deploy is None
+                    or budget.check(self.original_metric, self.deploy_metric(float_layers))[0])
 
         found = frozenset() if check(frozenset()) else STRATEGIES[strategy](self.ranked, check)
         metric = self.cache_[found] if found is not None else None
         loss = budget.check(self.original_metric, metric)[1] if found is not None else None
+        deploy = self.deploy_cache_.get(found) if found is not None else None
         return SearchAnswer(float(max_drop), bool(relative), strategy, found is not None,
                             [n for n in self.ranked if found is not None and n in found], metric, loss,
-                            len(self.ranked), self.evaluations_ - before, time.perf_counter() - start, visited)
+                            len(self.ranked), self.evaluations_ - before, time.perf_counter() - start, visited,
+                            deploy)
 
     def points(self) -> pd.DataFrame:
-        """Every cached configuration: n_float, n_int8, metric, float_layers (for plots)."""
+        """Every cached configuration: n_float, n_int8, metric, deploy_metric, float_layers (for plots)."""
         rows = [{"n_float": len(s), "n_int8": len(self.ranked) - len(s), "metric": m,
-                 "float_layers": sorted(s)} for s, m in self.cache_.items()]
-        return pd.DataFrame(rows, columns=["n_float", "n_int8", "metric", "float_layers"])
+                 "deploy_metric": self.deploy_cache_.get(s, float("nan")), "float_layers": sorted(s)}
+                for s, m in self.cache_.items()]
+        return pd.DataFrame(rows, columns=["n_float", "n_int8", "metric", "deploy_metric", "float_layers"])
 
 
-def model_evaluator(model, quant: dict, evaluator) -> Callable[[frozenset], float]:
-    """``evaluate_config`` for a prepared float model, all layers' LayerQuant and an evaluator."""
+def model_evaluator(model, quant: dict, evaluator, output_qparams: dict | None = None
+                    ) -> Callable[[frozenset], float]:
+    """``evaluate_config`` for a prepared float model, all layers' LayerQuant and an evaluator;
+    with ``output_qparams`` (a calibrator's ``tensor_qparams_``) it evaluates deploy models."""
     def evaluate_config(float_layers: frozenset) -> float:
         kept = {name: lq for name, lq in quant.items() if name not in float_layers}
+        if output_qparams is not None:
+            return evaluator.evaluate(make_deploy_model(model, kept, output_qparams))
         return evaluator.evaluate(make_fake_quant_model(model, kept))
     return evaluate_config
 
 
-def full_quant(calibration) -> dict:
-    """Every layer's LayerQuant from a calibration, including layers it had in float."""
+def full_calibrator(calibration) -> Calibrator:
+    """A calibration's calibrator refit with every layer enabled (same statistics)."""
     calibrator = calibration.calibrator
     if not hasattr(calibrator, "observers_"):
         raise NotFittedError("the calibration's calibrator is not fitted")
     config = calibration.config.with_float([])
-    refit = Calibrator(config).fit(calibration.prepared.model, calibrator.observers_, calibrator.means_)
-    return refit.quant_
+    return Calibrator(config).fit(calibration.prepared.model, calibrator.observers_, calibrator.means_)
+
+
+def full_quant(calibration) -> dict:
+    """Every layer's LayerQuant from a calibration, including layers it had in float."""
+    return full_calibrator(calibration).quant_
 
 
 def explorer_from_auto_result(result, data, eval_num: int | None = None, metric: str = "top1",
-                              preprocess=None, progress: bool = False) -> FallbackExplorer:
+                              preprocess=None, progress: bool = False,
+                              check_deploy: bool = True) -> FallbackExplorer:
     """A FallbackExplorer that reuses an auto calibration's calibration, ranking and history.
 
     ``data``, ``eval_num``, ``metric`` and ``preprocess`` must be those of the run (its built-in
-    evaluator), so the cached metrics of its history stay valid.
+    evaluator), so the cached metrics of its history stay valid. ``check_deploy`` as in
+    :class:`~nbquant.auto_calibration.AutoSettings`: deploy models must meet targets too.
     """
     if result.calibration is None:
         raise ConfigError("the auto calibration found no passing configuration, so it kept no calibration; "
@@ -148,6 +181,9 @@ def explorer_from_auto_result(result, data, eval_num: int | None = None, metric:
     pre = resolve_preprocess(prepared.model, preprocess)
     evaluator = LogitEvaluator(eval_data, metric).prepare(prepared.model, pre, progress=progress)
     ranked = list(result.ranking["layer"])
-    quant = {name: lq for name, lq in full_quant(calibration).items() if name in set(ranked)}
-    explorer = FallbackExplorer(ranked, model_evaluator(prepared.model, quant, evaluator), result.original_metric)
+    calibrator = full_calibrator(calibration)
+    quant = {name: lq for name, lq in calibrator.quant_.items() if name in set(ranked)}
+    deploy = model_evaluator(prepared.model, quant, evaluator, calibrator.tensor_qparams_) if check_deploy else None
+    explorer = FallbackExplorer(ranked, model_evaluator(prepared.model, quant, evaluator), result.original_metric,
+                                deploy)
     return explorer.seed(result.history)

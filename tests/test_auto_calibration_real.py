@@ -118,6 +118,20 @@ def test_deploy_model_must_meet_the_target_too(real_model_path, real_data, tmp_p
     assert "misses the target by rounding" in unchecked.paths.log_file.read_text()
 
 
+def test_retarget_at_the_runs_budget_repeats_the_run_from_its_history(real_model_path, real_data, tmp_path):
+    from nbquant.retarget import explorer_from_auto_result
+
+    settings = AutoSettings(max_drop=0.002, eval_num=200, rank_num=8)
+    result = auto_calibrate(real_model_path, real_data, save_dir=tmp_path, settings=settings,
+                            calib_settings=FAST_CALIB, progress=False)
+    assert result.ok, result.message
+    explorer = explorer_from_auto_result(result, real_data, eval_num=200, metric="top1")
+    answer = explorer.search(0.002)
+    assert answer.ok and answer.new_evaluations == 0
+    assert sorted(answer.float_layers) == result.float_layers
+    assert answer.deploy_metric == result.deploy_metric
+
+
 def test_unreachable_target_writes_no_model(real_model_path, real_data, tmp_path):
     code = subprocess.run(
         [sys.executable, "-m", "nbquant", "auto-calibrate", str(real_model_path), "--data", str(real_data.root),

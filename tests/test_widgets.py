@@ -1,5 +1,6 @@
 """The cached fallback search and the fallback-loop widget, driven from Python (no browser)."""
 
+import onnx
 import pytest
 
 pytest.importorskip("ipywidgets")
@@ -66,6 +67,30 @@ def test_relative_budget_and_seed_from_history():
     assert answer.ok and answer.float_layers == [] and metric.calls == 0
 
 
+def test_deploy_check_rejects_what_only_the_simulation_passes():
+    import pandas as pd
+    deploy_calls = []
+
+    def deploy(float_layers):  # the integer kernels also lose 0.01 while L5 is in int8
+        deploy_calls.append(frozenset(float_layers))
+        return CountingMetric()(float_layers) - (0.01 if "L5" not in float_layers else 0.0)
+
+    metric = CountingMetric()
+    explorer = FallbackExplorer(RANKED, metric, 1.0, evaluate_deploy=deploy)
+    answer = explorer.search(0.005)
+    assert answer.ok and set(answer.float_layers) == HARMFUL | {"L5"}, answer
+    assert answer.deploy_metric == explorer.deploy_cache_[frozenset(answer.float_layers)] >= 0.995
+    assert set(deploy_calls) <= {s for s, m in explorer.cache_.items() if m >= 0.995}  # only passing simulations
+    assert answer.summary()["deploy_metric"].item() == answer.deploy_metric
+    assert explorer.points()["deploy_metric"].notna().sum() == len(explorer.deploy_cache_)
+    unchecked = FallbackExplorer(RANKED, CountingMetric(), 1.0).search(0.005)
+    assert set(unchecked.float_layers) == HARMFUL and unchecked.deploy_metric is None
+    seeded = FallbackExplorer(RANKED, CountingMetric(), 1.0, evaluate_deploy=deploy)
+    seeded.seed(pd.DataFrame({"kind": ["all_int8"], "metric": [1.0], "deploy_metric": [0.97],
+                              "float_layers": [[]]}))
+    assert seeded.deploy_cache_ == {frozenset(): 0.97}
+
+
 def test_bad_strategy_and_empty_ranking_raise():
     explorer, _ = make_explorer()
     with pytest.raises(ConfigError, match="strategy must be one of"):
@@ -128,3 +153,13 @@ def test_model_evaluator_builds_fake_quant_models_without_the_float_layers():
     evaluate = model_evaluator(prepared.model, quant, QuantizedNodes())
     first = prepared.layers[0].name
     assert evaluate(frozenset()) == 2.0 and evaluate(frozenset({first})) == 1.0
+    calibrator = Calibrator(config).fit(prepared.model, histograms)
+
+    class IntegerWeights:
+        def evaluate(self, model):
+            return float(sum(1 for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8
+                             and t.name.endswith("/weight_quantized")))
+
+    deploy = model_evaluator(prepared.model, quant, IntegerWeights(), calibrator.tensor_qparams_)
+    assert deploy(frozenset()) == 2.0 and deploy(frozenset({first})) == 1.0
+    assert model_evaluator(prepared.model, quant, IntegerWeights())(frozenset()) == 0.0
