@@ -102,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--sensitivity", choices=["output", "cosine"], default="output",
                        help="output (default): model-output effect of each layer's fallback; cosine: the "
                             "reference tool's per-layer metric")
-    group.add_argument("--max-evals", type=int, default=20, help="at most this many full evaluations (default 20)")
+    group.add_argument("--max-evals", type=int, default=20, help="at most this many evaluated configurations, the float model included (default 20); "
+                            "a configuration that passes also evaluates its deploy model")
     group.add_argument("--rank-num", type=int, default=32, help="calibration images used for ranking (default 32)")
     group.add_argument("--no-check-deploy", dest="check_deploy", action="store_false",
                        help="judge configurations by the fake-quant model alone (default: the deploy model, run "

@@ -14,9 +14,9 @@ from typing import Callable
 import pandas as pd
 
 from .calibration import Calibrator
+from .deploy import make_deploy_model
 from .errors import ConfigError, NotFittedError
 from .evaluators import METRICS, Budget, LogitEvaluator
-from .deploy import make_deploy_model
 from .qdq import make_fake_quant_model
 from .search import STRATEGIES
 
