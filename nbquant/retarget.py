@@ -89,19 +89,18 @@ class FallbackExplorer:
 
     def metric(self, float_layers: frozenset) -> float:
         """The metric of one configuration: from the cache, else evaluated once and cached."""
-        float_layers = frozenset(float_layers)
-        if float_layers not in self.cache_:
-            self.cache_[float_layers] = float(self.evaluate_config(float_layers))
-            self.evaluations_ += 1
-        return self.cache_[float_layers]
+        return self._cached(self.cache_, self.evaluate_config, float_layers)
 
     def deploy_metric(self, float_layers: frozenset) -> float:
         """The deploy model's metric of one configuration, cached like :meth:`metric`."""
+        return self._cached(self.deploy_cache_, self.evaluate_deploy, float_layers)
+
+    def _cached(self, cache: dict, evaluate: Callable[[frozenset], float], float_layers) -> float:
         float_layers = frozenset(float_layers)
-        if float_layers not in self.deploy_cache_:
-            self.deploy_cache_[float_layers] = float(self.evaluate_deploy(float_layers))
+        if float_layers not in cache:
+            cache[float_layers] = float(evaluate(float_layers))
             self.evaluations_ += 1
-        return self.deploy_cache_[float_layers]
+        return cache[float_layers]
 
     def search(self, max_drop: float, relative: bool = False, strategy: str = "refine") -> SearchAnswer:
         """The float set ``strategy`` settles on for this target (all int8 when that passes)."""
