@@ -97,6 +97,11 @@ class AutoCalibrationResult:
     def evaluations(self) -> int:
         return len(self.history)
 
+    @property
+    def deploy_evaluations(self) -> int:
+        """Deploy models the search evaluated (one per step whose fake-quant model passed)."""
+        return int(self.history["deploy_metric"].notna().sum())
+
     def __repr__(self) -> str:
         n = len(self.ranking)
         return (f"AutoCalibrationResult(ok={self.ok}, int8={n - len(self.float_layers)}/{n}, "

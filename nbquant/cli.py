@@ -102,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--sensitivity", choices=["output", "cosine"], default="output",
                        help="output (default): model-output effect of each layer's fallback; cosine: the "
                             "reference tool's per-layer metric")
-    group.add_argument("--max-evals", type=int, default=20, help="at most this many evaluated configurations, the float model included (default 20); "
+    group.add_argument("--max-evals", type=int, default=20,
+                       help="at most this many evaluated configurations, the float model included (default 20); "
                             "a configuration that passes also evaluates its deploy model")
     group.add_argument("--rank-num", type=int, default=32, help="calibration images used for ranking (default 32)")
     group.add_argument("--no-check-deploy", dest="check_deploy", action="store_false",
@@ -239,9 +240,8 @@ def cmd_auto_calibrate(args) -> int:
     print(f"\n{result.message}")
     if result.ok:
         print(f"deploy model metric (onnxruntime integer kernels): {result.deploy_metric}")
-    deploy_evals = int(result.history["deploy_metric"].notna().sum())
-    print(f"{result.evaluations} evaluations (float model included) and {deploy_evals} of deploy models, "
-          f"{result.seconds:.1f} s")
+    print(f"{result.evaluations} evaluations (float model included) and {result.deploy_evaluations} of deploy "
+          f"models, {result.seconds:.1f} s")
     if result.float_layers and result.ok:
         print("layers in float: " + ", ".join(result.float_layers))
     paths = result.paths
@@ -282,8 +282,8 @@ def cmd_zoo(args) -> int:
     return 0
 
 
-COMMANDS = {"evaluate": cmd_evaluate, "layers": cmd_layers, "calibrate": cmd_calibrate, "auto-calibrate": cmd_auto_calibrate,
-            "demo": cmd_demo, "zoo": cmd_zoo}
+COMMANDS = {"evaluate": cmd_evaluate, "layers": cmd_layers, "calibrate": cmd_calibrate,
+            "auto-calibrate": cmd_auto_calibrate, "demo": cmd_demo, "zoo": cmd_zoo}
 
 
 def main(argv=None) -> int:

@@ -60,6 +60,7 @@ def test_default_run_meets_a_tight_budget(real_model_path, real_data, tmp_path):
     assert history["kind"].tolist()[:2] == ["original", "all_int8"]
     passing = history[history["ok"] & (history["kind"] != "original")]
     assert len(passing) and passing["deploy_metric"].notna().all()
+    assert result.deploy_evaluations >= len(passing)
     assert history["float_layers"].map(tuple).is_unique
     ranking = load_ranking(result.paths.ranking)
     assert len(ranking) == 50 and ranking["score"].is_monotonic_increasing

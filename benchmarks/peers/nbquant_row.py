@@ -41,8 +41,7 @@ def run(data: Data, tool: str, setting: str, out_dir: Path) -> dict:
     rank_images = min(auto.rank_num, n_calib)
     # search steps count the float model; deploy models are evaluated for each step whose
     # fake-quant model passed (check_deploy), else once at the end
-    deploy_evals = (int(result.history["deploy_metric"].notna().sum()) if auto.check_deploy
-                    else int(result.deploy_metric is not None))
+    deploy_evals = result.deploy_evaluations if auto.check_deploy else int(result.deploy_metric is not None)
     return {
         "ok": True, "met": bool(result.ok), "wall_s": round(wall, 1),
         "original_metric": float(result.original_metric),
