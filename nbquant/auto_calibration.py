@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from .calibration import Calibrator
 from .config import config_to_dict
+from .cpu_probe import probe_int8
 from .datasets import ImageDataset
 from .deploy import make_deploy_model
 from .errors import ConfigError, NbquantError
@@ -131,13 +132,14 @@ class _Search:
         number = len(self.record["steps"])
         start = time.perf_counter()
         quant = {k: v for k, v in self.calibrator.quant_.items() if k not in float_layers}
-        metric = self.evaluate(make_fake_quant_model(self.prepared.model, quant), number, float_layers)
+        target = self.calibrator.config.deploy_target
+        metric = self.evaluate(make_fake_quant_model(self.prepared.model, quant, target), number, float_layers)
         ok, loss = self.evaluator.metric_eval(self.record["original_metric"], metric)
         step = {"step": number, "kind": kind, "float_layers": sorted(float_layers), "metric": _jsonable(metric),
                 "loss": float(loss), "ok": bool(ok)}
         if ok and self.check_deploy:
             # integer kernels round differently from the simulation: what is shipped must pass too
-            deploy = make_deploy_model(self.prepared.model, quant, self.calibrator.tensor_qparams_)
+            deploy = make_deploy_model(self.prepared.model, quant, self.calibrator.tensor_qparams_, target)
             deploy_metric = self.evaluate(deploy, number, float_layers, "deploy")
             deploy_ok, deploy_loss = self.evaluator.metric_eval(self.record["original_metric"], deploy_metric)
             step.update(deploy_metric=_jsonable(deploy_metric), deploy_loss=float(deploy_loss), ok=bool(deploy_ok))
@@ -207,7 +209,7 @@ def auto_calibrate(model, data, *, calib_data=None, evaluator=None, settings: Au
         evaluator = LogitEvaluator(eval_data, metric, settings.max_drop, settings.relative)
     config = build_config(prepared, calib_settings, config)
     paths = RunPaths(Path(save_dir) if save_dir is not None else Path("runs") / prepared.name, prepared.name)
-    run_settings = _settings_dict(model, prepared, eval_data, calib_set, settings, calib_settings, evaluator)
+    run_settings = _settings_dict(model, prepared, eval_data, calib_set, settings, calib_settings, evaluator, config)
     record = _open_record(paths, run_settings, list(config.layers), resume)
     temp = paths.make_temp_dir()
     try:
@@ -220,9 +222,11 @@ def auto_calibrate(model, data, *, calib_data=None, evaluator=None, settings: Au
 
 def _run(prepared, eval_data, calib_set, pre, evaluator, settings, calib_settings, config, paths, record, temp,
          progress, start) -> AutoCalibrationResult:
-    log.info("auto calibration of %s: %d layers, budget %s %s, strategy %s, sensitivity %s, save dir %s",
-             prepared.name, len(config.layers), settings.max_drop, "relative" if settings.relative else "absolute",
-             settings.strategy, settings.sensitivity, paths.save_dir)
+    log.info("int8 on this CPU: %s", probe_int8().describe())
+    log.info("auto calibration of %s: %d layers, budget %s %s, strategy %s, sensitivity %s, deploy target %s, "
+             "save dir %s", prepared.name, len(config.layers), settings.max_drop,
+             "relative" if settings.relative else "absolute", settings.strategy, settings.sensitivity,
+             config.deploy_target.value, paths.save_dir)
     if isinstance(evaluator, LogitEvaluator):
         evaluator.prepare(prepared.model, pre, temp / "evaluation_images.npy", progress)
     if record["original_metric"] is None:
@@ -349,15 +353,16 @@ def _open_record(paths: RunPaths, settings: dict, layers: list[str], resume: boo
     return record
 
 
-def _settings_dict(model, prepared, eval_data, calib_set, settings, calib_settings, evaluator) -> dict:
-    """What must be equal for a record to be resumed (max_evals may grow between runs)."""
+def _settings_dict(model, prepared, eval_data, calib_set, settings, calib_settings, evaluator, config) -> dict:
+    """What must be equal for a record to be resumed (max_evals may grow between runs); the deploy
+    target as resolved on this CPU, so ``auto`` resumes only where it picks the same target."""
     digest = hashlib.sha256(prepared.model.SerializeToString()).hexdigest()[:16]
     auto = {k: v for k, v in asdict(settings).items() if k != "max_evals"}
     calib = {k: (v.value if hasattr(v, "value") else v) for k, v in asdict(calib_settings).items()}
     return {"model": str(model) if not hasattr(model, "graph") else prepared.name, "model_sha256": digest,
             "eval_data": str(eval_data.root), "eval_images": len(eval_data), "calib_data": str(calib_set.root),
             "calib_images": len(calib_set), "evaluator": repr(evaluator), **auto,
-            **{f"calib_{k}": v for k, v in calib.items()}}
+            **{f"calib_{k}": v for k, v in calib.items()}, "deploy_target": config.deploy_target.value}
 
 
 def _dataset(data) -> ImageDataset:

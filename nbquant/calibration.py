@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -17,7 +17,7 @@ from .graph import Layer, _copy, constants, find_layers
 from .bias_correction import weight_error_shift
 from .channel_mean import ChannelMeanObserver
 from .histogram import DEFAULT_BINS, HistogramObserver
-from .numerics import INT8, UINT8, QParams, fake_quantize, qparams_from_range, weight_qparams
+from .numerics import INT8, UINT8, QParams, dequantize, qparams_from_range, quantize, weight_qparams
 
 log = logging.getLogger(__name__)
 
@@ -26,14 +26,21 @@ ACTIVATION_OPS = ("Clip", "Relu")
 
 @dataclass(frozen=True)
 class LayerQuant:
-    """The quantization of one enabled layer: its input activation, its weight, and its
-    bias when bias correction changed it (None: the model's own bias is used)."""
+    """The quantization of one enabled layer: its input activation, its weight params and
+    integer weights (both models use these integers), and its bias when bias correction
+    changed it (None: the model's own bias is used)."""
 
     layer: Layer
     activation: QParams
     weight: QParams
+    weight_q: np.ndarray = field(repr=False)
     clip: tuple[float, float]
     bias: np.ndarray | None = None
+
+    @property
+    def weight_dequantized(self) -> np.ndarray:
+        """The float weights the quantized layer computes with."""
+        return dequantize(self.weight_q, self.weight, self.layer.weight_axis)
 
 
 def post_layer_tensor(model: onnx.ModelProto, layer: Layer) -> str:
@@ -119,15 +126,17 @@ class Calibrator:
 
     def _layer_quant(self, layer: Layer, settings, values, group: int) -> LayerQuant:
         activation, clip = self._activation_qparams(layer.input, settings)
-        weight = weight_qparams(values[layer.weight], settings.weight.per_channel, layer.weight_axis)
+        w = values[layer.weight]
+        weight = weight_qparams(w, settings.weight.per_channel, layer.weight_axis, settings.weight.weight_max)
+        weight_q = quantize(w, weight, layer.weight_axis)
         bias = None
         if settings.weight.bias_correction and layer.input in self.means_:
-            bias = self._corrected_bias(layer, weight, values, group)
-        return LayerQuant(layer, activation, weight, clip, bias)
+            w_fq = dequantize(weight_q, weight, layer.weight_axis)
+            bias = self._corrected_bias(layer, w_fq, values, group)
+        return LayerQuant(layer, activation, weight, weight_q, clip, bias)
 
-    def _corrected_bias(self, layer: Layer, weight: QParams, values, group: int) -> np.ndarray | None:
+    def _corrected_bias(self, layer: Layer, w_fq: np.ndarray, values, group: int) -> np.ndarray | None:
         w = values[layer.weight]
-        w_fq = fake_quantize(w, weight, layer.weight_axis)
         if layer.op == "Gemm" and layer.weight_axis == 1:
             w, w_fq = w.T, w_fq.T
         shift = weight_error_shift(w, w_fq, self.means_[layer.input].mean, layer.op, group)
@@ -157,13 +166,13 @@ def _table_row(layer: Layer, settings, quant: LayerQuant, observer: HistogramObs
     weight_scale = np.atleast_1d(quant.weight.scale)
     old_bias = values[layer.bias] if layer.bias else 0.0
     return {
-        "layer": layer.name, "op": layer.op, "enabled": settings.enabled,
+        "layer": layer.name, "op": layer.op, "kind": layer.kind, "enabled": settings.enabled,
         "act_method": settings.activation.method.value,
         "act_min": observer.min_, "act_max": observer.max_,
         "clip_min": quant.clip[0], "clip_max": quant.clip[1],
         "act_scale": float(quant.activation.scale), "act_zero_point": int(quant.activation.zero_point),
         "act_dtype": np.dtype(quant.activation.dtype).name,
-        "weight_per_channel": settings.weight.per_channel,
+        "weight_per_channel": settings.weight.per_channel, "weight_max": settings.weight.weight_max,
         "weight_scale_min": float(weight_scale.min()), "weight_scale_max": float(weight_scale.max()),
         "weight_channels": int(weight_scale.size),
         "bias_shift_max": float(np.max(np.abs(quant.bias - old_bias))) if quant.bias is not None else 0.0,

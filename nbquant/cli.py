@@ -50,6 +50,11 @@ def _calib_args(parser: argparse.ArgumentParser) -> None:
                        help="keep the model's biases (default: correct the mean shift weight rounding causes)")
     group.add_argument("--config", default=None,
                        help="a config.json (e.g. an edited tmp/config.json of an earlier run)")
+    group.add_argument("--deploy-target", choices=["auto", "portable", "full"], default="auto",
+                       help="portable: 7-bit weights (|q| <= 64) where int8 kernels add products in pairs, exact on "
+                            "every CPU; full: 8-bit weights, exact only where this onnxruntime adds in int32 "
+                            "(VNNI, AMX, ARM); auto (default): full if `nbquant cpu` finds this CPU exact, else "
+                            "portable")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(ev)
     ev.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     ev.add_argument("--samples", default=None, help="write the per-image results to this CSV file")
+
+    cpu = sub.add_parser("cpu", help="this CPU's int8 flags and whether onnxruntime computes int8 exactly here",
+                         description="Run tiny int8 models of each kernel kind (about a second) and print, per "
+                                     "kind, the fused onnxruntime kernel and its error in output steps with full-range "
+                                     "(|q| <= 127) and pair-safe (|q| <= 64) weights, and the deploy target auto picks.")
+    cpu.set_defaults(model=None)
 
     lay = sub.add_parser("layers", help="list the quantizable layers and the ops left in float",
                          description="Print the layers nbquant quantizes (after naming nodes and folding BN) "
@@ -157,11 +168,22 @@ def cmd_evaluate(args) -> int:
     pre = _preprocess(args, model)
     check_preprocess(model, pre, str(path))
     result = evaluate(model, data, pre, batch_size=args.batch_size, limit=args.limit)
-    print(f"model: {path}\nimages: {result.n} from {data.root}")
+    from .cpu_probe import probe_int8
+    print(f"model: {path}\nimages: {result.n} from {data.root}\ncpu: {probe_int8().describe()}")
     print(f"top-1: {result.top1:.4f}\ntop-5: {result.top5:.4f}\nseconds: {result.seconds:.1f}")
     if args.samples:
         result.samples.to_csv(args.samples, index=False)
         print(f"per-image results: {args.samples}")
+    return 0
+
+
+def cmd_cpu(args) -> int:
+    from .cpu_probe import probe_int8
+    from .deploy_target import resolve_target
+    report = probe_int8()
+    print(report.describe())
+    print(report.table.to_string(index=False))
+    print(f"deploy target auto picks: {resolve_target('auto', report).value}")
     return 0
 
 
@@ -190,11 +212,11 @@ def cmd_calibrate(args) -> int:
     pre = _preprocess(args, load_model(path))
     save_dir = Path(args.save_dir) if args.save_dir else Path("runs") / path.stem
     result = calibrate(path, data, save_dir, calib_settings, args.config, pre)
-    table = result.layers[["layer", "op", "enabled", "clip_min", "clip_max", "act_scale",
-                           "act_zero_point", "weight_scale_min", "weight_scale_max"]]
+    table = result.layers[["layer", "kind", "enabled", "clip_min", "clip_max", "act_scale",
+                           "act_zero_point", "weight_scale_max", "weight_max"]]
     print(table.to_string(index=False, max_colwidth=40))
     print(f"\n{len(result.config.enabled)} of {len(result.config.layers)} layers in int8, "
-          f"calibrated in {result.seconds:.1f} s")
+          f"calibrated in {result.seconds:.1f} s; deploy target {result.config.deploy_target.value}")
     for label, file in (("fake-quant model", result.paths.fake_quant_model),
                         ("deploy model", result.paths.deploy_model), ("config", result.paths.config),
                         ("scales", result.paths.scale_offset_record), ("log", result.paths.log_file)):
@@ -213,7 +235,7 @@ def _calib_settings(args):
     return CalibrationSettings(
         calib_num=args.calib_num, act_method=args.act_method or CalibrationSettings.act_method,
         symmetric=args.symmetric, per_channel=not args.per_tensor,
-        bias_correction=not args.no_bias_correction)
+        bias_correction=not args.no_bias_correction, deploy_target=args.deploy_target)
 
 
 def cmd_auto_calibrate(args) -> int:
@@ -282,7 +304,7 @@ def cmd_zoo(args) -> int:
     return 0
 
 
-COMMANDS = {"evaluate": cmd_evaluate, "layers": cmd_layers, "calibrate": cmd_calibrate,
+COMMANDS = {"cpu": cmd_cpu, "evaluate": cmd_evaluate, "layers": cmd_layers, "calibrate": cmd_calibrate,
             "auto-calibrate": cmd_auto_calibrate, "demo": cmd_demo, "zoo": cmd_zoo}
 
 

@@ -3,6 +3,8 @@
 The JSON layout is the reference tool's (global keys ``version``, ``batch_num``,
 ``activation_offset``, ``do_fusion``, ``skip_fusion_layers``, then one entry per layer),
 so a file edited by the user, or written by the reference tool, is read back here.
+nbquant adds the global ``deploy_target`` and each layer's ``weight_max`` (largest |integer
+weight|): they are written for the record and decided by the run's deploy target, not read.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import logging
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
+from .deploy_target import FULL_WEIGHT_MAX, DeployTarget
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -59,14 +62,19 @@ class ActivationQuant:
 @dataclass(frozen=True)
 class WeightQuant:
     """Weight settings: symmetric int8, one scale per output channel unless per-tensor;
-    ``bias_correction`` moves the mean output shift that weight rounding causes into the bias."""
+    ``bias_correction`` moves the mean output shift that weight rounding causes into the bias;
+    ``weight_max`` is the largest |integer weight| (127, or 64 where the deploy target needs it)."""
 
     per_channel: bool = True
     num_bits: int = 8
     bias_correction: bool = True
+    weight_max: int = FULL_WEIGHT_MAX
 
     def __post_init__(self):
         _check_bits(self.num_bits, "weight num_bits")
+        value = self.weight_max
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= FULL_WEIGHT_MAX:
+            raise ConfigError(f"weight_max must be an int in [1, {FULL_WEIGHT_MAX}], got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -86,18 +94,23 @@ class QuantConfig:
     batch_num: int = 1
     do_fusion: bool = True
     skip_fusion_layers: tuple[str, ...] = ()
+    deploy_target: DeployTarget = DeployTarget.FULL  # resolved: portable or full
 
     @classmethod
     def default(cls, layer_ops: dict[str, str], activation: ActivationQuant | None = None,
-                per_channel: bool = True, bias_correction: bool = True) -> "QuantConfig":
-        """All layers enabled with the same settings; MatMul weights per tensor, as usual."""
+                per_channel: bool = True, bias_correction: bool = True, weight_max: dict[str, int] | None = None,
+                deploy_target: DeployTarget = DeployTarget.FULL) -> "QuantConfig":
+        """All layers enabled with the same settings; MatMul weights per tensor, as usual;
+        ``weight_max`` per layer (default 127) as the resolved ``deploy_target`` decided it."""
         activation = activation or ActivationQuant()
+        weight_max = weight_max or {}
         layers = {
             name: LayerConfig(True, activation,
-                              WeightQuant(per_channel and op != "MatMul", bias_correction=bias_correction))
+                              WeightQuant(per_channel and op != "MatMul", bias_correction=bias_correction,
+                                          weight_max=weight_max.get(name, FULL_WEIGHT_MAX)))
             for name, op in layer_ops.items()
         }
-        return cls(layers)
+        return cls(layers, deploy_target=DeployTarget.parse(deploy_target))
 
     @property
     def enabled(self) -> list[str]:
@@ -127,6 +140,7 @@ def config_to_dict(config: QuantConfig) -> dict:
         "activation_offset": not first.activation.symmetric,
         "do_fusion": config.do_fusion,
         "skip_fusion_layers": list(config.skip_fusion_layers),
+        "deploy_target": config.deploy_target.value,
     }
     for name, layer in config.layers.items():
         act = layer.activation
@@ -138,7 +152,8 @@ def config_to_dict(config: QuantConfig) -> dict:
             "activation_quant_params": act_params,
             "weight_quant_params": {"num_bits": layer.weight.num_bits, "wts_algo": "arq_quantize",
                                     "channel_wise": layer.weight.per_channel,
-                                    "bias_correction": layer.weight.bias_correction},
+                                    "bias_correction": layer.weight.bias_correction,
+                                    "weight_max": layer.weight.weight_max},
         }
     return out
 
@@ -147,7 +162,8 @@ def config_from_dict(data: dict, base: QuantConfig, source: str = "config") -> Q
     """Read a config.json dict; layers it leaves out keep ``base``'s settings."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source} must hold a JSON object, got {type(data).__name__}")
-    globals_ = {"version", "batch_num", "activation_offset", "do_fusion", "skip_fusion_layers", "tensor_quantize"}
+    globals_ = {"version", "batch_num", "activation_offset", "do_fusion", "skip_fusion_layers", "tensor_quantize",
+                "deploy_target"}
     entries = {k: v for k, v in data.items() if k not in globals_}
     base.check_layers(entries, source)
     asymmetric_default = bool(data.get("activation_offset", True))
@@ -160,7 +176,7 @@ def config_from_dict(data: dict, base: QuantConfig, source: str = "config") -> Q
                     source, len(missing), missing[0])
     skip = tuple(data.get("skip_fusion_layers", base.skip_fusion_layers))
     return QuantConfig(layers, int(data.get("batch_num", base.batch_num)),
-                       bool(data.get("do_fusion", base.do_fusion)), skip)
+                       bool(data.get("do_fusion", base.do_fusion)), skip, base.deploy_target)
 
 
 def _layer_from_dict(entry, base: LayerConfig, asymmetric_default: bool, where: str) -> LayerConfig:
@@ -179,7 +195,7 @@ def _layer_from_dict(entry, base: LayerConfig, asymmetric_default: bool, where: 
     )
     weight = WeightQuant(bool(wts.get("channel_wise", base.weight.per_channel)),
                          int(wts.get("num_bits", base.weight.num_bits)),
-                         bool(wts.get("bias_correction", base.weight.bias_correction)))
+                         bool(wts.get("bias_correction", base.weight.bias_correction)), base.weight.weight_max)
     return LayerConfig(enabled, activation, weight)
 
 

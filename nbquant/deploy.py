@@ -20,13 +20,15 @@ import onnx
 
 from .calibration import LayerQuant, post_layer_tensor
 from .graph import constants
-from .numerics import QParams, quantize, quantize_bias
+from .deploy_target import target_metadata
+from .numerics import QParams, quantize_bias
 from .qdq import GraphEdit, node_by_name, set_bias
 
 
 def make_deploy_model(model: onnx.ModelProto, quant: dict[str, LayerQuant],
-                      output_qparams: dict[str, QParams]) -> onnx.ModelProto:
-    """Float ``model`` rewritten with integer weights for every layer in ``quant``."""
+                      output_qparams: dict[str, QParams], target=None) -> onnx.ModelProto:
+    """Float ``model`` rewritten with integer weights for every layer in ``quant``;
+    ``target`` (the resolved deploy target) is recorded in the metadata with each layer's weight range."""
     edit = GraphEdit(model)
     values = constants(edit.model)
     nodes = node_by_name(edit.model)
@@ -35,7 +37,7 @@ def make_deploy_model(model: onnx.ModelProto, quant: dict[str, LayerQuant],
         node = nodes[name]
         node.input[0] = edit.quantize_dequantize(name, lq.layer.input, f"{name}/input", lq.activation)
         dequantized.setdefault(lq.layer.input, node.input[0])
-        _integer_weight(edit, node, lq, values)
+        _integer_weight_and_bias(edit, node, lq, values)
     graph_outputs = {o.name for o in edit.model.graph.output}
     for name, lq in quant.items():
         post = post_layer_tensor(edit.model, lq.layer)
@@ -43,16 +45,13 @@ def make_deploy_model(model: onnx.ModelProto, quant: dict[str, LayerQuant],
             consumer = _first_consumer(edit.model, post)
             dequantized[post] = edit.quantize_dequantize(consumer, post, f"{name}/output", output_qparams[post])
     _reroute_consumers(edit.model, dequantized, set(quant))
-    return edit.finish()
+    return edit.finish(metadata=target_metadata(quant, target))
 
 
-def _integer_weight(edit: GraphEdit, node: onnx.NodeProto, lq: LayerQuant, values) -> None:
+def _integer_weight_and_bias(edit: GraphEdit, node: onnx.NodeProto, lq: LayerQuant, values) -> None:
     name, layer = node.name, lq.layer
     axis = {"axis": layer.weight_axis} if np.size(lq.weight.scale) > 1 else {}
-    weight_q = quantize(values[layer.weight], lq.weight, layer.weight_axis)
-    quantized = edit.constant(f"{name}/weight_quantized", weight_q)
-    scale, zero_point = edit.qparam_inputs(f"{name}/weight", lq.weight)
-    node.input[1] = edit.dequantize(name, quantized, f"{name}/weight", scale, zero_point, axis)
+    node.input[1] = edit.integer_weight(name, f"{name}/weight", lq)
     bias = lq.bias if lq.bias is not None else (values[layer.bias] if layer.bias else None)
     if bias is None:
         return

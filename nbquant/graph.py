@@ -43,6 +43,20 @@ class Layer:
     bias: str | None
     output: str
     weight_axis: int  # the output-channel axis of the weight, for per-channel scales
+    kind: str  # kernel kind: conv, pointwise, grouped, depthwise, gemm, matmul, conv_transpose
+
+
+def kernel_kind(op: str, weight_shape, group: int = 1) -> str:
+    """Which onnxruntime int8 kernel family a layer runs on (they differ in exactness, see cpu_probe).
+
+    >>> kernel_kind("Conv", (32, 1, 3, 3), 32), kernel_kind("Conv", (64, 32, 1, 1)), kernel_kind("Gemm", (10, 4))
+    ('depthwise', 'pointwise', 'gemm')
+    """
+    if op == "Conv":
+        if group > 1:
+            return "depthwise" if weight_shape[1] == 1 and weight_shape[0] == group else "grouped"
+        return "pointwise" if all(k == 1 for k in weight_shape[2:]) else "conv"
+    return {"ConvTranspose": "conv_transpose", "Gemm": "gemm", "MatMul": "matmul"}[op]
 
 
 def load_model(path) -> onnx.ModelProto:
@@ -124,7 +138,8 @@ def _as_layer(node: onnx.NodeProto, values: dict) -> Layer | None:
         axis, bias = weight.ndim - 1, None
     if bias is not None and bias not in values:
         return None
-    return Layer(node.name, node.op_type, node.input[0], node.input[1], bias, node.output[0], axis)
+    kind = kernel_kind(node.op_type, weight.shape, attrs.get("group", 1))
+    return Layer(node.name, node.op_type, node.input[0], node.input[1], bias, node.output[0], axis, kind)
 
 
 def tensor_shapes(model: onnx.ModelProto) -> dict[str, list]:

@@ -12,7 +12,6 @@ import numpy as np
 
 UINT8 = (0, 255)
 INT8 = (-128, 127)
-WEIGHT_INT8 = (-127, 127)  # symmetric weights keep the range balanced, as ARQ does
 
 
 @dataclass(frozen=True)
@@ -77,19 +76,21 @@ def fake_quantize(x: np.ndarray, p: QParams, axis: int | None = None) -> np.ndar
     return dequantize(quantize(x, p, axis), p, axis)
 
 
-def weight_qparams(w: np.ndarray, per_channel: bool = True, axis: int = 0) -> QParams:
-    """Symmetric int8 params from max |w|, per output channel (``axis``) or per tensor.
+def weight_qparams(w: np.ndarray, per_channel: bool = True, axis: int = 0, weight_max: int = 127) -> QParams:
+    """Symmetric int8 params mapping max |w| to ``weight_max``, per output channel (``axis``) or per tensor.
 
     >>> w = np.array([[0.5, -1.27], [0.01, 0.0]])
     >>> weight_qparams(w).scale.tolist()
     [0.009999999776482582, 7.874015864217654e-05]
+    >>> weight_qparams(w, weight_max=64).scale.tolist()  # the pair-safe range: twice the step
+    [0.019843749701976776, 0.00015624999650754035]
     """
     if per_channel:
         reduce_axes = tuple(i for i in range(w.ndim) if i != axis)
         amax = np.max(np.abs(w), axis=reduce_axes)
     else:
         amax = np.max(np.abs(w))
-    return qparams_from_range(-amax, amax, WEIGHT_INT8, symmetric=True)
+    return qparams_from_range(-amax, amax, (-weight_max, weight_max), symmetric=True)
 
 
 def quantize_bias(bias: np.ndarray, input_scale: float, weight_scale: np.ndarray) -> np.ndarray:

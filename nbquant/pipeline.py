@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import onnx
@@ -14,7 +14,9 @@ from tqdm.auto import tqdm
 
 from .calibration import Calibrator, observe, observed_tensors, with_outputs
 from .config import ActivationQuant, ActMethod, QuantConfig, config_from_dict, config_to_dict
+from .cpu_probe import probe_int8
 from .datasets import ImageDataset
+from .deploy_target import DeployTarget, resolve_target, weight_max
 from .deploy import make_deploy_model
 from .errors import ConfigError, ModelError
 from .evaluation import make_session
@@ -34,7 +36,8 @@ METADATA_PREFIX = "nbquant.preprocess."
 
 @dataclass(frozen=True)
 class CalibrationSettings:
-    """How to calibrate: images used, activation method and symmetry, weight granularity."""
+    """How to calibrate: images used, activation method and symmetry, weight granularity, and the
+    deploy target (which CPUs the deploy model must be exact on; see :mod:`nbquant.deploy_target`)."""
 
     calib_num: int = 100
     act_method: ActMethod = DEFAULT_ACT_METHOD
@@ -43,9 +46,11 @@ class CalibrationSettings:
     bias_correction: bool = True
     batch_size: int = 10
     bins: int = 4096
+    deploy_target: DeployTarget = DeployTarget.AUTO
 
     def __post_init__(self):
         object.__setattr__(self, "act_method", ActMethod.parse(self.act_method))
+        object.__setattr__(self, "deploy_target", DeployTarget.parse(self.deploy_target))
         for name in ("calib_num", "batch_size", "bins"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -133,15 +138,18 @@ class CalibrationResult:
 
 
 def build_config(prepared: PreparedModel, settings: CalibrationSettings, config=None) -> QuantConfig:
-    """Default config from ``settings``; a QuantConfig, or a config.json path, overrides it."""
+    """Default config from ``settings`` (deploy target resolved for this CPU); a QuantConfig, or a
+    config.json path, overrides the per-layer settings but not the weight ranges the target sets."""
+    target = resolve_target(settings.deploy_target)
+    ranges = {layer.name: weight_max(layer.kind, target) for layer in prepared.layers}
     base = QuantConfig.default({layer.name: layer.op for layer in prepared.layers},
                                ActivationQuant(settings.act_method, settings.symmetric), settings.per_channel,
-                               settings.bias_correction)
+                               settings.bias_correction, ranges, target)
     if config is None:
         return base
     if isinstance(config, QuantConfig):
         base.check_layers(config.layers, "the given config")
-        return config
+        return with_weight_ranges(config, base)
     path = Path(config)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
@@ -150,6 +158,13 @@ def build_config(prepared: PreparedModel, settings: CalibrationSettings, config=
     except ValueError as exc:
         raise ConfigError(f"config file {path} is not valid JSON: {exc}") from exc
     return config_from_dict(data, base, str(path))
+
+
+def with_weight_ranges(config: QuantConfig, base: QuantConfig) -> QuantConfig:
+    """``config`` with ``base``'s deploy target and per-layer weight ranges."""
+    layers = {name: replace(layer, weight=replace(layer.weight, weight_max=base.layers[name].weight.weight_max))
+              for name, layer in config.layers.items()}
+    return replace(config, layers=layers, deploy_target=base.deploy_target)
 
 
 def collect_histograms(prepared: PreparedModel, data: ImageDataset, pre: Preprocess,
@@ -166,8 +181,9 @@ def collect_histograms(prepared: PreparedModel, data: ImageDataset, pre: Preproc
 
 def quantize_models(prepared: PreparedModel, calibrator: Calibrator):
     """Fake-quant and deploy models for the calibrator's enabled layers."""
-    fake = make_fake_quant_model(prepared.model, calibrator.quant_)
-    deploy = make_deploy_model(prepared.model, calibrator.quant_, calibrator.tensor_qparams_)
+    target = calibrator.config.deploy_target
+    fake = make_fake_quant_model(prepared.model, calibrator.quant_, target)
+    deploy = make_deploy_model(prepared.model, calibrator.quant_, calibrator.tensor_qparams_, target)
     return fake, deploy
 
 
@@ -188,9 +204,12 @@ def calibrate(model, data, save_dir=None, settings: CalibrationSettings | None =
     quant_config = build_config(prepared, settings, config)
     paths = RunPaths(Path(save_dir), prepared.name) if save_dir is not None else None
     with _maybe_log(paths):
-        log.info("calibrating %s: %d layers, %d images from %s, activations %s%s, weights %s",
+        log.info("int8 on this CPU: %s", probe_int8().describe())
+        log.info("calibrating %s: %d layers, %d images from %s, activations %s%s, weights %s, deploy target %s%s",
                  prepared.name, len(prepared.layers), len(calib), dataset.root, settings.act_method.value,
-                 " symmetric" if settings.symmetric else "", "per channel" if settings.per_channel else "per tensor")
+                 " symmetric" if settings.symmetric else "", "per channel" if settings.per_channel else "per tensor",
+                 quant_config.deploy_target.value,
+                 " (auto)" if settings.deploy_target is DeployTarget.AUTO else "")
         histograms, means = collect_histograms(prepared, calib, pre, settings, progress)
         calibrator = Calibrator(quant_config).fit(prepared.model, histograms, means)
         fake, deploy = quantize_models(prepared, calibrator)
@@ -212,7 +231,9 @@ def write_run(result: CalibrationResult, paths: RunPaths) -> None:
         save_model(result.deploy_model, staged.deploy_model)
         atomic_write_json(staged.quant_json, make_quant_map(
             prepared.name, [layer.name for layer in prepared.layers], prepared.fusions,
-            prepared.renamed, result.config.enabled))
+            prepared.renamed, result.config.enabled,
+            {name: layer.weight.weight_max for name, layer in result.config.layers.items()},
+            result.config.deploy_target.value))
         atomic_write_json(staged.config, config_to_dict(result.config))
         atomic_write_text(staged.scale_offset_record,
                           format_scale_offset_record(result.calibrator.quant_))

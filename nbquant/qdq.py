@@ -1,8 +1,10 @@
-"""The fake-quant model: QuantizeLinear/DequantizeLinear pairs on each enabled layer's input and weight.
+"""The fake-quant model: QuantizeLinear/DequantizeLinear on each enabled layer's input, and
+its integer weights behind a DequantizeLinear.
 
 It follows the reference tool's semantics: a layer sees its input activation and its weight
-rounded to int8; its float output is left as is. Names derive from the layer name, e.g.
-``<layer>/input/QuantizeLinear`` and ``<layer>/weight_scale``.
+rounded to int8; its float output is left as is. The integer weights are the ones the deploy
+model ships (same range, same rounding), so the simulated accuracy is the deploy accuracy.
+Names derive from the layer name, e.g. ``<layer>/input/QuantizeLinear`` and ``<layer>/weight_scale``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .calibration import LayerQuant
+from .deploy_target import target_metadata
 from .evaluation import SIMULATE_KEY
 from .graph import _copy
 from .numerics import QParams
@@ -50,14 +53,22 @@ class GraphEdit:
                                                [f"{prefix}_quantized"], name=f"{prefix}/QuantizeLinear", **kwargs))
         return self.dequantize(before, f"{prefix}_quantized", prefix, scale, zero_point, kwargs)
 
+    def integer_weight(self, before: str, prefix: str, lq: LayerQuant) -> str:
+        """Store ``lq``'s integer weights and insert their DequantizeLinear ahead of ``before``."""
+        kwargs = {"axis": lq.layer.weight_axis} if np.size(lq.weight.scale) > 1 else {}
+        quantized = self.constant(f"{prefix}_quantized", lq.weight_q)
+        scale, zero_point = self.qparam_inputs(prefix, lq.weight)
+        return self.dequantize(before, quantized, prefix, scale, zero_point, kwargs)
+
     def dequantize(self, before, quantized, prefix, scale, zero_point, kwargs) -> str:
         self.add_node(before, helper.make_node("DequantizeLinear", [quantized, scale, zero_point],
                                                [f"{prefix}_dequantized"], name=f"{prefix}/DequantizeLinear",
                                                **kwargs))
         return f"{prefix}_dequantized"
 
-    def finish(self, drop_initializers: set[str] = frozenset()) -> onnx.ModelProto:
-        """Apply the edit: nodes in topological order, unused initializers dropped, model checked."""
+    def finish(self, drop_initializers: set[str] = frozenset(), metadata: dict[str, str] | None = None) -> onnx.ModelProto:
+        """Apply the edit: nodes in topological order, unused initializers dropped, metadata
+        added, model checked."""
         graph = self.model.graph
         nodes = []
         for node in graph.node:
@@ -70,6 +81,9 @@ class GraphEdit:
         kept = [i for i in graph.initializer if i.name in used and i.name not in drop_initializers]
         del graph.initializer[:]
         graph.initializer.extend(kept)
+        if metadata:
+            props = {p.key: p.value for p in self.model.metadata_props}
+            onnx.helper.set_model_props(self.model, {**props, **metadata})
         onnx.checker.check_model(self.model)
         return self.model
 
@@ -86,20 +100,20 @@ def node_by_name(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
     return {node.name: node for node in model.graph.node}
 
 
-def make_fake_quant_model(model: onnx.ModelProto, quant: dict[str, LayerQuant]) -> onnx.ModelProto:
-    """Float ``model`` with Q/DQ on the input and weight of every layer in ``quant``."""
+def make_fake_quant_model(model: onnx.ModelProto, quant: dict[str, LayerQuant], target=None) -> onnx.ModelProto:
+    """Float ``model`` with Q/DQ on the input and DQ of the integer weight of every layer in ``quant``.
+
+    ``target`` (the resolved deploy target) is recorded in the metadata, with each layer's weight range.
+    """
     edit = GraphEdit(model)
     nodes = node_by_name(edit.model)
     for name, lq in quant.items():
         node = nodes[name]
         node.input[0] = edit.quantize_dequantize(name, lq.layer.input, f"{name}/input", lq.activation)
-        node.input[1] = edit.quantize_dequantize(name, lq.layer.weight, f"{name}/weight", lq.weight,
-                                                 axis=lq.layer.weight_axis)
+        node.input[1] = edit.integer_weight(name, f"{name}/weight", lq)
         if lq.bias is not None:
             set_bias(node, edit.constant(f"{name}/corrected_bias", lq.bias))
-    model = edit.finish()
-    onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, SIMULATE_KEY: "1"})
-    return model
+    return edit.finish(metadata={**target_metadata(quant, target), SIMULATE_KEY: "1"})
 
 
 def set_bias(node: onnx.NodeProto, name: str) -> None:

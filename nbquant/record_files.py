@@ -2,7 +2,8 @@
 
 ``scale_offset_record.txt`` is the reference tool's protobuf-text layout. Its convention is
 ``q = clip(round(x / scale_d) + offset_d, -128, 127)``, so nbquant's uint8 zero point z is
-written as the equivalent int8 offset ``z - 128``.
+written as the equivalent int8 offset ``z - 128``. nbquant adds ``weight_max``, the largest
+|integer weight| of the layer (64 where the deploy target keeps pair sums from saturating).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ def format_scale_offset_record(quant: dict[str, LayerQuant]) -> str:
         scales = np.atleast_1d(lq.weight.scale)
         lines += [f"    scale_w: {float(s):.9g}" for s in scales]
         lines += ["    offset_w: 0"] * len(scales)
+        lines += [f"    weight_max: {int(lq.weight.qmax)}"]
         lines += ['    act_type: "INT8"', '    wts_type: "INT8"', "  }", "}"]
     return "\n".join(lines) + "\n"
 
@@ -51,7 +53,7 @@ def parse_scale_offset_record(text: str) -> dict[str, dict]:
             current[key].append(float(value) if key == "scale_w" else int(value))
         elif key == "scale_d":
             current[key] = float(value)
-        elif key in ("offset_d", "shift_bit"):
+        elif key in ("offset_d", "shift_bit", "weight_max"):
             current[key] = int(value)
         else:
             current[key] = value
@@ -59,16 +61,21 @@ def parse_scale_offset_record(text: str) -> dict[str, dict]:
 
 
 def make_quant_map(model_name: str, layer_names: list[str], fusions: list[dict],
-                   renamed: list[str], enabled: list[str]) -> dict:
-    """What became of the original nodes: fusions, renamed nodes, and each layer's origin."""
+                   renamed: list[str], enabled: list[str], weight_max: dict[str, int] | None = None,
+                   deploy_target: str | None = None) -> dict:
+    """What became of the original nodes: fusions, renamed nodes, each layer's origin, and the
+    deploy target with each layer's weight range."""
     origin = {f["layer"]: f["original_nodes"] for f in fusions}
+    weight_max = weight_max or {}
     return {
         "version": QUANT_JSON_VERSION,
         "model": model_name,
+        "deploy_target": deploy_target,
         "fusions": fusions,
         "renamed_nodes": renamed,
         "layers": {
-            name: {"original_nodes": origin.get(name, [name]), "quantized": name in enabled}
+            name: {"original_nodes": origin.get(name, [name]), "quantized": name in enabled,
+                   "weight_max": weight_max.get(name)}
             for name in layer_names
         },
     }

@@ -42,8 +42,7 @@ def shadow_model(model: onnx.ModelProto, quant: dict[str, LayerQuant]) -> tuple[
         twin.CopyFrom(node)
         twin.name, twin.output[0] = f"{name}/shadow", f"{name}/shadow_output"
         twin.input[0] = edit.quantize_dequantize(name, lq.layer.input, f"{name}/shadow_input", lq.activation)
-        twin.input[1] = edit.quantize_dequantize(name, lq.layer.weight, f"{name}/shadow_weight", lq.weight,
-                                                 axis=lq.layer.weight_axis)
+        twin.input[1] = edit.integer_weight(name, f"{name}/shadow_weight", lq)
         if lq.bias is not None:
             bias = edit.constant(f"{name}/shadow_bias", lq.bias)
             if len(twin.input) > 2:
