@@ -43,7 +43,7 @@ def test_quantized_accuracy_on_1000_images(real_calibration, real_data):
     deploy = evaluate(real_calibration.deploy_model, real_data, progress=False)
     assert fake.n == deploy.n == 1000
     assert fake.top1 >= 0.880, fake
-    assert abs(deploy.top1 - fake.top1) <= 0.003, (fake, deploy)
+    assert abs(int(deploy.samples["correct"].sum()) - int(fake.samples["correct"].sum())) <= 3, (fake, deploy)
 
 
 def test_layer_table_and_files_agree(real_calibration):
