@@ -17,7 +17,7 @@ from nbquant.calibration import Calibrator
 from nbquant.datasets import ImageDataset
 from nbquant.evaluators import LogitEvaluator, mean_kl, top1
 from nbquant.image_cache import cache_images
-from nbquant.pipeline import CalibrationSettings, build_config, collect_histograms, prepare_model, resolve_preprocess
+from nbquant.pipeline import CalibrationSettings, build_config, collect_statistics, prepare_model, resolve_preprocess
 from nbquant.qdq import make_fake_quant_model
 from nbquant.sensitivity import rank_layers
 
@@ -32,20 +32,21 @@ def main() -> None:
     pre = resolve_preprocess(prepared.model)
     settings = CalibrationSettings()
     calib = data.subset(settings.calib_num)
-    hist, means = collect_histograms(prepared, calib, pre, settings, progress=False)
-    cal = Calibrator(build_config(prepared, settings)).fit(prepared.model, hist, means)
+    statistics = collect_statistics(prepared, calib, pre, settings, progress=False)
+    cal = Calibrator(build_config(prepared, settings)).fit(prepared.model, *statistics)
     images = cache_images(calib.subset(args.rank_num), pre, progress=False)
-    rankings = {m: rank_layers(prepared.model, cal.quant_, images, m, progress=False).set_index("layer")["score"]
-                for m in ("output", "cosine")}
+    outputs = cal.tensor_qparams_
+    rankings = {m: rank_layers(prepared.model, cal.quant_, images, m, progress=False, output_qparams=outputs)
+                .set_index("layer")["score"] for m in ("output", "cosine")}
     evaluator = LogitEvaluator(data).prepare(prepared.model, pre, progress=False)
     rows = []
     for name in cal.quant_:
         rest = {k: v for k, v in cal.quant_.items() if k != name}
-        logits = evaluator.logits(make_fake_quant_model(prepared.model, rest))
+        logits = evaluator.logits(make_fake_quant_model(prepared.model, rest, outputs))
         rows.append({"layer": name, "top1": top1(logits, evaluator.images_.labels),
                      "kl": mean_kl(evaluator.reference_, logits)})
     truth = pd.DataFrame(rows).set_index("layer")
-    base = evaluator.logits(make_fake_quant_model(prepared.model, cal.quant_))
+    base = evaluator.logits(make_fake_quant_model(prepared.model, cal.quant_, outputs))
     print(f"machine: {machine()}; all-int8 top-1 {top1(base, evaluator.images_.labels):.4f}, "
           f"KL {mean_kl(evaluator.reference_, base):.5f}; {len(data)} images, ranking on {args.rank_num}")
     print(f"{'ranking':8s} {'spearman vs KL left':>20s} {'spearman vs top-1 gained':>25s}")

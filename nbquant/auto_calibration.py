@@ -26,11 +26,12 @@ from .config import config_to_dict
 from .cpu_probe import probe_int8
 from .datasets import ImageDataset
 from .deploy import make_deploy_model
+from .deploy_target import inexact_kinds_here, target_metadata
 from .errors import ConfigError, NbquantError
 from .evaluators import LogitEvaluator
 from .files import RunPaths, atomic_write_json, atomic_write_text, remove_dir, save_model
 from .image_cache import cache_images
-from .pipeline import (CalibrationResult, CalibrationSettings, build_config, check_preprocess, collect_histograms,
+from .pipeline import (CalibrationResult, CalibrationSettings, build_config, check_preprocess, collect_statistics,
                        prepare_model, quantize_models, resolve_preprocess, write_run)
 from .qdq import make_fake_quant_model
 from .runlog import log_to_file
@@ -58,7 +59,7 @@ class AutoSettings:
     eval_num: int | None = None
     rank_num: int = 32
     metric: str | None = None  # built-in evaluator: top1 when labeled, else agreement
-    check_deploy: bool = True  # a configuration passes only when its deploy model meets the budget too
+    check_deploy: bool = True  # judge the deploy model (where this CPU runs it exactly); False: the simulation
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -100,7 +101,7 @@ class AutoCalibrationResult:
 
     @property
     def deploy_evaluations(self) -> int:
-        """Deploy models the search evaluated (one per step whose fake-quant model passed)."""
+        """Deploy models the search evaluated (every step, where it judged deploy models)."""
         return int(self.history["deploy_metric"].notna().sum())
 
     def __repr__(self) -> str:
@@ -111,12 +112,17 @@ class AutoCalibrationResult:
 
 
 class _Search:
-    """Evaluates configurations once each, records every step, tracks the best passing one."""
+    """Evaluates configurations once each, records every step, tracks the best passing one.
 
-    def __init__(self, prepared, calibrator, evaluator, record, paths, temp, max_evals, progress, check_deploy):
+    ``judge`` is ``deploy`` (the model that ships, run with onnxruntime's integer kernels, which
+    compute it exactly on this CPU) or ``fake_quant`` (its float simulation: ``--no-check-deploy``,
+    or a full-range target on a CPU that cannot run it exactly).
+    """
+
+    def __init__(self, prepared, calibrator, evaluator, record, paths, temp, max_evals, progress, judge: str):
         self.prepared, self.calibrator, self.evaluator = prepared, calibrator, evaluator
         self.record, self.paths, self.temp, self.max_evals = record, paths, temp, max_evals
-        self.check_deploy = check_deploy
+        self.judge = judge
         self.cache = {frozenset(s["float_layers"]): s for s in record["steps"] if s["kind"] != "original"}
         self.bar = tqdm(total=max_evals, desc="auto-calibrate", unit="eval", disable=not progress)
         self.bar.update(min(len(record["steps"]), max_evals))
@@ -132,26 +138,21 @@ class _Search:
         number = len(self.record["steps"])
         start = time.perf_counter()
         quant = {k: v for k, v in self.calibrator.quant_.items() if k not in float_layers}
-        target = self.calibrator.config.deploy_target
-        metric = self.evaluate(make_fake_quant_model(self.prepared.model, quant, target), number, float_layers)
+        build = make_deploy_model if self.judge == "deploy" else make_fake_quant_model
+        model = build(self.prepared.model, quant, self.calibrator.tensor_qparams_, self.calibrator.config.deploy_target)
+        metric = self.evaluate(model, number, float_layers, self.judge)
         ok, loss = self.evaluator.metric_eval(self.record["original_metric"], metric)
         step = {"step": number, "kind": kind, "float_layers": sorted(float_layers), "metric": _jsonable(metric),
-                "loss": float(loss), "ok": bool(ok)}
-        if ok and self.check_deploy:
-            # integer kernels round differently from the simulation: what is shipped must pass too
-            deploy = make_deploy_model(self.prepared.model, quant, self.calibrator.tensor_qparams_, target)
-            deploy_metric = self.evaluate(deploy, number, float_layers, "deploy")
-            deploy_ok, deploy_loss = self.evaluator.metric_eval(self.record["original_metric"], deploy_metric)
-            step.update(deploy_metric=_jsonable(deploy_metric), deploy_loss=float(deploy_loss), ok=bool(deploy_ok))
+                "loss": float(loss), "ok": bool(ok), "judged": self.judge}
+        if self.judge == "deploy":
+            step.update(deploy_metric=step["metric"], deploy_loss=step["loss"])
         step["seconds"] = round(time.perf_counter() - start, 3)
         self.record["steps"].append(step)
         save_record(self.record, self.paths.record)
         self.cache[float_layers] = step
-        n = len(self.calibrator.quant_)
-        deploy = (f", deploy model {step['deploy_metric']} (loss {step['deploy_loss']:.5f})"
-                  if "deploy_metric" in step else "")
-        log.info("step %d: %d of %d layers in float, metric %s, loss %.5f%s, %s", number, len(float_layers), n,
-                 metric, loss, deploy, "ok" if step["ok"] else "not ok")
+        log.info("step %d: %d of %d layers in float, %s model metric %s, loss %.5f, %s", number, len(float_layers),
+                 len(self.calibrator.quant_), self.judge.replace("_", "-"), metric, loss,
+                 "ok" if step["ok"] else "not ok")
         self.bar.update(1)
         self.bar.set_postfix(step=number, float=len(float_layers), metric=f"{metric}", loss=f"{loss:.4f}")
         return step
@@ -201,7 +202,7 @@ def auto_calibrate(model, data, *, calib_data=None, evaluator=None, settings: Au
     prepared = prepare_model(model)
     all_data = _dataset(data)
     eval_data = all_data.subset(min(settings.eval_num, len(all_data))) if settings.eval_num else all_data
-    calib_set = _dataset(calib_data if calib_data is not None else all_data).subset(calib_settings.calib_num)
+    calib_set = _dataset(calib_data if calib_data is not None else all_data).spread(calib_settings.calib_num)
     pre = resolve_preprocess(prepared.model, preprocess)
     check_preprocess(prepared.model, pre, prepared.name)
     if evaluator is None:
@@ -243,10 +244,10 @@ def _run(prepared, eval_data, calib_set, pre, evaluator, settings, calib_setting
     if not ok:
         raise ConfigError(f"metric_eval(original, original) is not ok for original metric {original!r}: "
                           "the evaluator's check rejects even the float model")
-    histograms, means = collect_histograms(prepared, calib_set, pre, calib_settings, progress)
-    calibrator = Calibrator(config).fit(prepared.model, histograms, means)
-    search = _Search(prepared, calibrator, evaluator, record, paths, temp, settings.max_evals, progress,
-                     settings.check_deploy)
+    statistics = collect_statistics(prepared, calib_set, pre, calib_settings, progress)
+    calibrator = Calibrator(config).fit(prepared.model, *statistics)
+    judge = _judge(settings, calibrator)
+    search = _Search(prepared, calibrator, evaluator, record, paths, temp, settings.max_evals, progress, judge)
     first = search.step(frozenset(), kind="all_int8")
     log.info("Accuracy of global quantized model is %s", first["metric"])
     ranking = _ranking(prepared, calibrator, calib_set, pre, settings, record, paths, progress)
@@ -256,10 +257,23 @@ def _run(prepared, eval_data, calib_set, pre, evaluator, settings, calib_setting
     if final is None:
         result = _failed(record, history, ranking, paths, calibrator, prepared, settings, start)
     else:
-        result = _finish(final, search, record, history, ranking, paths, calibrator, prepared, histograms, means,
-                         start)
+        result = _finish(final, search, record, history, ranking, paths, calibrator, prepared, start)
     result.calibrator, result.evaluator = calibrator, evaluator
     return result
+
+
+def _judge(settings: AutoSettings, calibrator: Calibrator) -> str:
+    """``deploy`` where this CPU runs the deploy model exactly, else ``fake_quant`` (with a warning)."""
+    if not settings.check_deploy:
+        return "fake_quant"
+    inexact = inexact_kinds_here(target_metadata(calibrator.quant_, calibrator.config.deploy_target))
+    if inexact:
+        log.warning("deploy target %s: this CPU computes full-range int8 inexactly for %s layers, so the search "
+                    "judges the fake-quant simulation (what a CPU with exact int8 kernels computes) and the deploy "
+                    "model is not evaluated here. --deploy-target portable is exact on every CPU.",
+                    calibrator.config.deploy_target.value, ", ".join(inexact))
+        return "fake_quant"
+    return "deploy"
 
 
 def _search(search: _Search, strategy: str, ranked: list[str]) -> frozenset | None:
@@ -276,9 +290,9 @@ def _ranking(prepared, calibrator, calib_set, pre, settings, record, paths, prog
     if record.get("ranking") and record["ranking"]["method"] == settings.sensitivity:
         ranking = pd.DataFrame(record["ranking"]["rows"])
     else:
-        images = cache_images(calib_set.subset(min(settings.rank_num, len(calib_set))), pre, progress=False)
+        images = cache_images(calib_set.spread(min(settings.rank_num, len(calib_set))), pre, progress=False)
         ranking = rank_layers(prepared.model, calibrator.quant_, images, settings.sensitivity, progress,
-                              prepared.table)
+                              prepared.table, calibrator.tensor_qparams_)
         record["ranking"] = {"method": settings.sensitivity, "rows": ranking.to_dict(orient="records")}
         save_record(record, paths.record)
     atomic_write_json(paths.ranking, ranking_pairs(ranking))
@@ -286,18 +300,18 @@ def _ranking(prepared, calibrator, calib_set, pre, settings, record, paths, prog
     return ranking
 
 
-def _finish(found, search, record, history, ranking, paths, calibrator, prepared, histograms, means, start):
+def _finish(found, search, record, history, ranking, paths, calibrator, prepared, start):
     step = search.cache[frozenset(found)]
     kept_float = {name for name, layer in calibrator.config.layers.items() if not layer.enabled}
     final = sorted(set(found) | kept_float)
     final_config = calibrator.config.with_float(final)
-    final_cal = Calibrator(final_config).fit(prepared.model, histograms, means)
+    final_cal = calibrator.with_config(final_config)
     fake, deploy = quantize_models(prepared, final_cal)
     result = CalibrationResult(prepared, final_config, final_cal, fake, deploy, 0.0, paths)
     write_run(result, paths)
     atomic_write_json(paths.final_config, config_to_dict(final_config))
     deploy_metric = step.get("deploy_metric")
-    if deploy_metric is None:
+    if deploy_metric is None and not inexact_kinds_here(target_metadata(final_cal.quant_, final_config.deploy_target)):
         deploy_metric = _check_deploy(search.evaluator, deploy, paths, record["original_metric"])
     seconds = time.perf_counter() - start
     n, n_int8 = len(final_config.layers), len(final_config.enabled)

@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
 import pandas as pd
 
 from . import clip_methods
-from .config import QuantConfig
-from .errors import NotFittedError
-from .graph import Layer, _copy, constants, find_layers
 from .bias_correction import weight_error_shift
 from .channel_mean import ChannelMeanObserver
+from .config import QuantConfig, WeightRounding
+from .errors import ConfigError, NotFittedError
+from .graph import Layer, _copy, constants, find_layers
 from .histogram import DEFAULT_BINS, HistogramObserver
-from .numerics import INT8, UINT8, QParams, dequantize, qparams_from_range, quantize, weight_qparams
+from .input_covariance import CovarianceObserver, from_weight_matrix, weight_matrix
+from .numerics import (INT8, UINT8, QParams, bias_safe_weight_params, dequantize, qparams_from_range, quantize,
+                       weight_qparams)
+from .weight_rounding import choose_rounding
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,7 @@ class LayerQuant:
     weight_q: np.ndarray = field(repr=False)
     clip: tuple[float, float]
     bias: np.ndarray | None = None
+    rounding: str = "nearest"  # nearest, or gptq(damping) as weight_rounding.choose_rounding chose
 
     @property
     def weight_dequantized(self) -> np.ndarray:
@@ -71,14 +75,17 @@ def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     return model
 
 
-def observe(session, names: list[str], batches, bins: int = DEFAULT_BINS, mean_names=()) -> tuple[dict, dict]:
+def observe(session, names: list[str], batches, bins: int = DEFAULT_BINS, mean_names=(),
+            extra=()) -> tuple[dict, dict]:
     """Run ``session`` (a model made by :func:`with_outputs`) over ``batches``.
 
-    Returns histograms of every named tensor and per-channel means of those in ``mean_names``.
+    Returns histograms of every named tensor and per-channel means of those in ``mean_names``;
+    ``extra`` (tensor name, observer) pairs, e.g. input covariances, are fed in place.
     """
     input_name = session.get_inputs()[0].name
     observers = [(name, HistogramObserver(bins)) for name in names]
     observers += [(name, ChannelMeanObserver()) for name in mean_names]
+    observers += list(extra)
     index = {name: i for i, name in enumerate(names)}
     with ThreadPoolExecutor(max_workers=2) as pool:
         for batch in batches:
@@ -92,10 +99,12 @@ def observe(session, names: list[str], batches, bins: int = DEFAULT_BINS, mean_n
 class Calibrator:
     """Turns activation histograms and weights into scales and zero points for each layer.
 
-    ``fit(model, observers, means)`` needs the histograms of :func:`observed_tensors` (and,
-    for bias correction, the channel means of the layer inputs); afterwards
-    ``quant_`` maps each enabled layer to its :class:`LayerQuant`, ``tensor_qparams_`` maps
-    post-layer tensors to their params (for the deploy model) and ``table_`` is a DataFrame.
+    ``fit(model, observers, means, covariances)`` needs the histograms of :func:`observed_tensors`
+    (and, for bias correction, the channel means of the layer inputs; for GPTQ rounding, each
+    layer's input covariance by layer name); afterwards
+    ``quant_`` maps each enabled layer to its :class:`LayerQuant` (``layer_quant_``: every layer),
+    ``tensor_qparams_`` maps post-layer tensors to their params (for the deploy model) and
+    ``table_`` is a DataFrame. :meth:`with_config` gives the same fit for another set of enabled layers.
     """
 
     def __init__(self, config: QuantConfig):
@@ -105,35 +114,64 @@ class Calibrator:
         return f"Calibrator(layers={len(self.config.layers)}, enabled={len(self.config.enabled)})"
 
     def fit(self, model: onnx.ModelProto, observers: dict[str, HistogramObserver],
-            means: dict[str, ChannelMeanObserver] | None = None) -> "Calibrator":
+            means: dict[str, ChannelMeanObserver] | None = None,
+            covariances: dict[str, CovarianceObserver] | None = None) -> "Calibrator":
         values = constants(model)
         self.means_ = means or {}
+        self.covariances_ = covariances or {}
         groups = {n.name: next((a.i for a in n.attribute if a.name == "group"), 1) for n in model.graph.node}
         self.layers_ = find_layers(model, values)
         self.config.check_layers([layer.name for layer in self.layers_], "the model")
         self.observers_ = observers
-        self.quant_, self.tensor_qparams_, rows = {}, {}, []
+        quants = [self._layer_quant(layer, self.config.layers[layer.name], values, groups.get(layer.name, 1))
+                  for layer in self.layers_]
+        self.layer_quant_ = {layer.name: quant for layer, quant in zip(self.layers_, quants)}
+        self.tensor_qparams_ = {}
         for layer in self.layers_:
-            settings = self.config.layers[layer.name]
-            quant = self._layer_quant(layer, settings, values, groups.get(layer.name, 1))
             post = post_layer_tensor(model, layer)
-            self.tensor_qparams_[post] = self._activation_qparams(post, settings)[0]
-            if settings.enabled:
-                self.quant_[layer.name] = quant
-            rows.append(_table_row(layer, settings, quant, observers[layer.input], values))
-        self.table_ = pd.DataFrame(rows)
+            self.tensor_qparams_[post] = self._activation_qparams(post, self.config.layers[layer.name])[0]
+        self._values = values
+        return self._select()
+
+    def _select(self) -> "Calibrator":
+        """``quant_`` and ``table_`` for the config's enabled layers."""
+        self.quant_ = {name: lq for name, lq in self.layer_quant_.items() if self.config.layers[name].enabled}
+        self.table_ = pd.DataFrame([_table_row(lq.layer, self.config.layers[name], lq, self.observers_[lq.layer.input],
+                                               self._values) for name, lq in self.layer_quant_.items()])
         return self
+
+    def with_config(self, config: QuantConfig) -> "Calibrator":
+        """A fitted copy for ``config``, which may differ from this one only in which layers are
+        enabled: nothing is recomputed (the scales and integer weights do not depend on it)."""
+        for name, layer in config.layers.items():
+            if replace(layer, enabled=True) != replace(self.config.layers[name], enabled=True):
+                raise ConfigError(f"with_config: layer {name!r} differs in more than quant_enable; fit a new Calibrator")
+        copy = Calibrator(config)
+        copy.__dict__.update({k: v for k, v in self.__dict__.items() if k != "config"})
+        return copy._select()
 
     def _layer_quant(self, layer: Layer, settings, values, group: int) -> LayerQuant:
         activation, clip = self._activation_qparams(layer.input, settings)
         w = values[layer.weight]
         weight = weight_qparams(w, settings.weight.per_channel, layer.weight_axis, settings.weight.weight_max)
-        weight_q = quantize(w, weight, layer.weight_axis)
+        model_bias = values[layer.bias] if layer.bias else None
+        weight = bias_safe_weight_params(weight, model_bias, float(activation.scale))
+        weight_q, rounding = self._round_weight(layer, w, weight, settings.weight.rounding)
         bias = None
         if settings.weight.bias_correction and layer.input in self.means_:
             w_fq = dequantize(weight_q, weight, layer.weight_axis)
             bias = self._corrected_bias(layer, w_fq, values, group)
-        return LayerQuant(layer, activation, weight, weight_q, clip, bias)
+        return LayerQuant(layer, activation, weight, weight_q, clip, bias, rounding)
+
+    def _round_weight(self, layer: Layer, w: np.ndarray, weight: QParams, rounding: WeightRounding):
+        """Integer weights and how they were rounded (GPTQ where asked for and its statistics exist)."""
+        observer = self.covariances_.get(layer.name)
+        w2 = weight_matrix(layer, w)
+        if rounding is not WeightRounding.GPTQ or observer is None or observer.folds < 2 or w2 is None:
+            return quantize(w, weight, layer.weight_axis), "nearest"
+        covs = (observer.covariance(0), observer.covariance(1))
+        q2, how = choose_rounding(w2, weight.scale, weight.qmax, covs, observer.covariance())
+        return from_weight_matrix(layer, q2, w.shape).astype(weight.dtype), how
 
     def _corrected_bias(self, layer: Layer, w_fq: np.ndarray, values, group: int) -> np.ndarray | None:
         w = values[layer.weight]
@@ -173,6 +211,7 @@ def _table_row(layer: Layer, settings, quant: LayerQuant, observer: HistogramObs
         "act_scale": float(quant.activation.scale), "act_zero_point": int(quant.activation.zero_point),
         "act_dtype": np.dtype(quant.activation.dtype).name,
         "weight_per_channel": settings.weight.per_channel, "weight_max": settings.weight.weight_max,
+        "weight_rounding": quant.rounding,
         "weight_scale_min": float(weight_scale.min()), "weight_scale_max": float(weight_scale.max()),
         "weight_channels": int(weight_scale.size),
         "bias_shift_max": float(np.max(np.abs(quant.bias - old_bias))) if quant.bias is not None else 0.0,

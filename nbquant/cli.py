@@ -114,12 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="output (default): model-output effect of each layer's fallback; cosine: the "
                             "reference tool's per-layer metric")
     group.add_argument("--max-evals", type=int, default=20,
-                       help="at most this many evaluated configurations, the float model included (default 20); "
-                            "a configuration that passes also evaluates its deploy model")
+                       help="at most this many evaluated configurations, the float model included (default 20)")
     group.add_argument("--rank-num", type=int, default=32, help="calibration images used for ranking (default 32)")
     group.add_argument("--no-check-deploy", dest="check_deploy", action="store_false",
-                       help="judge configurations by the fake-quant model alone (default: the deploy model, run "
-                            "with onnxruntime's integer kernels, must meet the target too)")
+                       help="judge configurations by the fake-quant simulation, as the reference tool does (default: "
+                            "by the deploy model, the one that ships, run with onnxruntime's integer kernels, where "
+                            "this CPU computes it exactly: always for --deploy-target portable)")
     auto.add_argument("--save-dir", default=None, help="run folder (default runs/<model name>)")
     auto.add_argument("--resume", action="store_true",
                       help="continue from the run folder's record (same arguments); re-evaluates nothing done")
@@ -262,7 +262,8 @@ def cmd_auto_calibrate(args) -> int:
     print(f"\n{result.message}")
     if result.ok:
         print(f"deploy model metric (onnxruntime integer kernels): {result.deploy_metric}")
-    print(f"{result.evaluations} evaluations (float model included) and {result.deploy_evaluations} of deploy "
+    judged = "deploy" if result.deploy_evaluations >= result.evaluations - 1 else "fake-quant"
+    print(f"{result.evaluations} evaluations (float model included), configurations judged on their {judged} "
           f"models, {result.seconds:.1f} s")
     if result.float_layers and result.ok:
         print("layers in float: " + ", ".join(result.float_layers))

@@ -43,6 +43,23 @@ class ActMethod(str, Enum):
             raise ConfigError(f"{where} must be one of {valid}, got {value!r}") from None
 
 
+class WeightRounding(str, Enum):
+    """How weights become integers: ``nearest``, or ``gptq`` (error-compensating; see weight_rounding)."""
+
+    NEAREST = "nearest"
+    GPTQ = "gptq"
+
+    @classmethod
+    def parse(cls, value, where: str = "weight_rounding") -> "WeightRounding":
+        if isinstance(value, cls):
+            return value
+        name = {"arq_quantize": "nearest"}.get(str(value).lower(), str(value).lower())
+        try:
+            return cls(name)
+        except ValueError:
+            raise ConfigError(f"{where} must be one of {', '.join(m.value for m in cls)}, got {value!r}") from None
+
+
 @dataclass(frozen=True)
 class ActivationQuant:
     """Activation settings: uint8 asymmetric unless ``symmetric`` (then int8, zero point 0)."""
@@ -63,15 +80,18 @@ class ActivationQuant:
 class WeightQuant:
     """Weight settings: symmetric int8, one scale per output channel unless per-tensor;
     ``bias_correction`` moves the mean output shift that weight rounding causes into the bias;
-    ``weight_max`` is the largest |integer weight| (127, or 64 where the deploy target needs it)."""
+    ``weight_max`` is the largest |integer weight| (127, or 64 where the deploy target needs it);
+    ``rounding`` nearest or gptq (Conv with group 1, Gemm, 2-D MatMul; others round to nearest)."""
 
     per_channel: bool = True
     num_bits: int = 8
     bias_correction: bool = True
     weight_max: int = FULL_WEIGHT_MAX
+    rounding: WeightRounding = WeightRounding.NEAREST
 
     def __post_init__(self):
         _check_bits(self.num_bits, "weight num_bits")
+        object.__setattr__(self, "rounding", WeightRounding.parse(self.rounding))
         value = self.weight_max
         if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= FULL_WEIGHT_MAX:
             raise ConfigError(f"weight_max must be an int in [1, {FULL_WEIGHT_MAX}], got {value!r}")
@@ -99,7 +119,8 @@ class QuantConfig:
     @classmethod
     def default(cls, layer_ops: dict[str, str], activation: ActivationQuant | None = None,
                 per_channel: bool = True, bias_correction: bool = True, weight_max: dict[str, int] | None = None,
-                deploy_target: DeployTarget = DeployTarget.FULL) -> "QuantConfig":
+                deploy_target: DeployTarget = DeployTarget.FULL,
+                rounding: WeightRounding = WeightRounding.NEAREST) -> "QuantConfig":
         """All layers enabled with the same settings; MatMul weights per tensor, as usual;
         ``weight_max`` per layer (default 127) as the resolved ``deploy_target`` decided it."""
         activation = activation or ActivationQuant()
@@ -107,7 +128,7 @@ class QuantConfig:
         layers = {
             name: LayerConfig(True, activation,
                               WeightQuant(per_channel and op != "MatMul", bias_correction=bias_correction,
-                                          weight_max=weight_max.get(name, FULL_WEIGHT_MAX)))
+                                          weight_max=weight_max.get(name, FULL_WEIGHT_MAX), rounding=rounding))
             for name, op in layer_ops.items()
         }
         return cls(layers, deploy_target=DeployTarget.parse(deploy_target))
@@ -150,7 +171,9 @@ def config_to_dict(config: QuantConfig) -> dict:
         out[name] = {
             "quant_enable": layer.enabled,
             "activation_quant_params": act_params,
-            "weight_quant_params": {"num_bits": layer.weight.num_bits, "wts_algo": "arq_quantize",
+            "weight_quant_params": {"num_bits": layer.weight.num_bits,
+                                    "wts_algo": "arq_quantize" if layer.weight.rounding is WeightRounding.NEAREST
+                                    else layer.weight.rounding.value,
                                     "channel_wise": layer.weight.per_channel,
                                     "bias_correction": layer.weight.bias_correction,
                                     "weight_max": layer.weight.weight_max},
@@ -195,7 +218,8 @@ def _layer_from_dict(entry, base: LayerConfig, asymmetric_default: bool, where: 
     )
     weight = WeightQuant(bool(wts.get("channel_wise", base.weight.per_channel)),
                          int(wts.get("num_bits", base.weight.num_bits)),
-                         bool(wts.get("bias_correction", base.weight.bias_correction)), base.weight.weight_max)
+                         bool(wts.get("bias_correction", base.weight.bias_correction)), base.weight.weight_max,
+                         WeightRounding.parse(wts.get("wts_algo", base.weight.rounding.value), f"{where}: wts_algo"))
     return LayerConfig(enabled, activation, weight)
 
 

@@ -1,7 +1,7 @@
 """The deploy model: int8 weights, int32 biases and requantized outputs, in the QDQ form
 onnxruntime turns into integer kernels (QLinearConv, QGemm, QLinearAdd ...).
 
-What differs from the fake-quant model, on purpose:
+What the rewrite does (the fake-quant model shares it, with float biases):
 - weights are stored as int8 (4x smaller) and biases as int32 in units of
   input_scale * weight_scale, as integer kernels add them;
 - each enabled layer's output (after its Clip/Relu, when it has exactly one) is quantized
@@ -19,16 +19,24 @@ import numpy as np
 import onnx
 
 from .calibration import LayerQuant, post_layer_tensor
-from .graph import constants
 from .deploy_target import target_metadata
+from .graph import constants
+from .graph_edit import GraphEdit, node_by_name, set_bias
 from .numerics import QParams, quantize_bias
-from .qdq import GraphEdit, node_by_name, set_bias
 
 
 def make_deploy_model(model: onnx.ModelProto, quant: dict[str, LayerQuant],
                       output_qparams: dict[str, QParams], target=None) -> onnx.ModelProto:
     """Float ``model`` rewritten with integer weights for every layer in ``quant``;
     ``target`` (the resolved deploy target) is recorded in the metadata with each layer's weight range."""
+    edit = quantize_graph(model, quant, output_qparams, integer_bias=True)
+    return edit.finish(metadata=target_metadata(quant, target))
+
+
+def quantize_graph(model: onnx.ModelProto, quant: dict[str, LayerQuant], output_qparams: dict[str, QParams],
+                   integer_bias: bool) -> GraphEdit:
+    """The rewrite both quantized models share (unfinished): input Q/DQ, integer weights, output
+    Q/DQ, consumers rerouted; biases int32 (deploy) or float (the fake-quant simulation)."""
     edit = GraphEdit(model)
     values = constants(edit.model)
     nodes = node_by_name(edit.model)
@@ -37,7 +45,11 @@ def make_deploy_model(model: onnx.ModelProto, quant: dict[str, LayerQuant],
         node = nodes[name]
         node.input[0] = edit.quantize_dequantize(name, lq.layer.input, f"{name}/input", lq.activation)
         dequantized.setdefault(lq.layer.input, node.input[0])
-        _integer_weight_and_bias(edit, node, lq, values)
+        node.input[1] = edit.integer_weight(name, f"{name}/weight", lq)
+        if integer_bias:
+            _integer_bias(edit, node, lq, values)
+        elif lq.bias is not None:
+            set_bias(node, edit.constant(f"{name}/corrected_bias", lq.bias))
     graph_outputs = {o.name for o in edit.model.graph.output}
     for name, lq in quant.items():
         post = post_layer_tensor(edit.model, lq.layer)
@@ -45,13 +57,13 @@ def make_deploy_model(model: onnx.ModelProto, quant: dict[str, LayerQuant],
             consumer = _first_consumer(edit.model, post)
             dequantized[post] = edit.quantize_dequantize(consumer, post, f"{name}/output", output_qparams[post])
     _reroute_consumers(edit.model, dequantized, set(quant))
-    return edit.finish(metadata=target_metadata(quant, target))
+    return edit
 
 
-def _integer_weight_and_bias(edit: GraphEdit, node: onnx.NodeProto, lq: LayerQuant, values) -> None:
+def _integer_bias(edit: GraphEdit, node: onnx.NodeProto, lq: LayerQuant, values) -> None:
+    """The bias as int32 in units of input_scale * weight_scale, behind a DequantizeLinear."""
     name, layer = node.name, lq.layer
     axis = {"axis": layer.weight_axis} if np.size(lq.weight.scale) > 1 else {}
-    node.input[1] = edit.integer_weight(name, f"{name}/weight", lq)
     bias = lq.bias if lq.bias is not None else (values[layer.bias] if layer.bias else None)
     if bias is None:
         return

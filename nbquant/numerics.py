@@ -93,6 +93,31 @@ def weight_qparams(w: np.ndarray, per_channel: bool = True, axis: int = 0, weigh
     return qparams_from_range(-amax, amax, (-weight_max, weight_max), symmetric=True)
 
 
+BIAS_LIMIT = 2 ** 30  # |int32 bias| at most this, leaving room in the int32 accumulator for the products
+
+
+def bias_safe_weight_params(p: QParams, bias: np.ndarray | None, input_scale: float,
+                            limit: int = BIAS_LIMIT) -> QParams:
+    """Weight params whose scales are large enough for the bias to fit in int32 (below ``limit``).
+
+    A channel with near-zero weights gets a tiny scale, and its bias in units of
+    input_scale * weight_scale overflows int32; raising that channel's scale loses nothing
+    (its weights round to the same few integers) and keeps the integer bias exact.
+
+    >>> p = weight_qparams(np.array([[1.0], [1e-9]]))        # second channel: weights ~ 0
+    >>> bool(bias_safe_weight_params(p, np.array([0.5, 0.5]), 0.02).scale[1] > p.scale[1])
+    True
+    """
+    if bias is None:
+        return p
+    floor = np.abs(np.asarray(bias, np.float64)) / (float(input_scale) * limit)
+    scale = np.asarray(p.scale, np.float64)
+    if scale.size == 1:
+        floor = floor.max(initial=0.0)
+    safe = np.maximum(scale, floor).astype(np.float32).reshape(np.shape(p.scale))
+    return QParams(safe, p.zero_point, p.qmin, p.qmax) if not np.array_equal(safe, p.scale) else p
+
+
 def quantize_bias(bias: np.ndarray, input_scale: float, weight_scale: np.ndarray) -> np.ndarray:
     """Bias as int32 in units of input_scale * weight_scale, as integer conv kernels add it."""
     scale = np.float64(input_scale) * weight_scale.astype(np.float64)

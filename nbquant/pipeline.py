@@ -13,7 +13,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .calibration import Calibrator, observe, observed_tensors, with_outputs
-from .config import ActivationQuant, ActMethod, QuantConfig, config_from_dict, config_to_dict
+from .config import ActivationQuant, ActMethod, QuantConfig, WeightRounding, config_from_dict, config_to_dict
 from .cpu_probe import probe_int8
 from .datasets import ImageDataset
 from .deploy_target import DeployTarget, resolve_target, weight_max
@@ -22,7 +22,8 @@ from .errors import ConfigError, ModelError
 from .evaluation import make_session
 from .files import RunPaths, atomic_write_json, atomic_write_text, read_json, remove_dir, save_model
 from .fusion import fold_batchnorm
-from .graph import Layer, find_layers, layer_table, load_model, name_nodes
+from .graph import Layer, constants, find_layers, layer_table, load_model, name_nodes
+from .input_covariance import CovarianceObserver, conv_geometry, weight_matrix
 from .preprocess import DEFAULT_PRESET, Preprocess, check_input_shape, get_preset
 from .qdq import make_fake_quant_model
 from .record_files import format_scale_offset_record, make_quant_map
@@ -47,9 +48,11 @@ class CalibrationSettings:
     batch_size: int = 10
     bins: int = 4096
     deploy_target: DeployTarget = DeployTarget.AUTO
+    weight_rounding: WeightRounding = WeightRounding.GPTQ
 
     def __post_init__(self):
         object.__setattr__(self, "act_method", ActMethod.parse(self.act_method))
+        object.__setattr__(self, "weight_rounding", WeightRounding.parse(self.weight_rounding))
         object.__setattr__(self, "deploy_target", DeployTarget.parse(self.deploy_target))
         for name in ("calib_num", "batch_size", "bins"):
             value = getattr(self, name)
@@ -144,7 +147,7 @@ def build_config(prepared: PreparedModel, settings: CalibrationSettings, config=
     ranges = {layer.name: weight_max(layer.kind, target) for layer in prepared.layers}
     base = QuantConfig.default({layer.name: layer.op for layer in prepared.layers},
                                ActivationQuant(settings.act_method, settings.symmetric), settings.per_channel,
-                               settings.bias_correction, ranges, target)
+                               settings.bias_correction, ranges, target, settings.weight_rounding)
     if config is None:
         return base
     if isinstance(config, QuantConfig):
@@ -167,22 +170,46 @@ def with_weight_ranges(config: QuantConfig, base: QuantConfig) -> QuantConfig:
     return replace(config, layers=layers, deploy_target=base.deploy_target)
 
 
-def collect_histograms(prepared: PreparedModel, data: ImageDataset, pre: Preprocess,
-                       settings: CalibrationSettings, progress: bool = True) -> dict:
-    """One float pass over the calibration images: histograms of every needed activation and
-    channel means of every layer input."""
+def collect_statistics(prepared: PreparedModel, data: ImageDataset, pre: Preprocess,
+                       settings: CalibrationSettings, progress: bool = True) -> tuple[dict, dict, dict]:
+    """One float pass over the calibration images: histograms of every needed activation,
+    channel means of every layer input and, for GPTQ rounding, each layer's input covariance."""
     names = observed_tensors(prepared.model, prepared.layers)
     session = make_session(with_outputs(prepared.model, names))
     batches = tqdm(data.iter_batches(pre, settings.batch_size), desc="calibrate", unit="batch",
                    total=-(-len(data) // settings.batch_size), disable=not progress)
     mean_names = list(dict.fromkeys(layer.input for layer in prepared.layers))
-    return observe(session, names, (batch.images for batch in batches), settings.bins, mean_names)
+    covariances = covariance_observers(prepared) if settings.weight_rounding is WeightRounding.GPTQ else {}
+    histograms, means = observe(session, names, (batch.images for batch in batches), settings.bins, mean_names,
+                                [(layer_input(prepared, name), obs) for name, obs in covariances.items()])
+    return histograms, means, covariances
+
+
+def covariance_observers(prepared: PreparedModel) -> dict[str, CovarianceObserver]:
+    """An input-covariance observer for every layer GPTQ can round (Conv group 1, Gemm, 2-D MatMul)."""
+    nodes, values = {n.name: n for n in prepared.model.graph.node}, constants(prepared.model)
+    out = {}
+    for layer in prepared.layers:
+        w = values[layer.weight]
+        if weight_matrix(layer, w) is None:
+            continue
+        if layer.op == "Conv":
+            geometry = conv_geometry(nodes[layer.name], w.shape)
+            if geometry is not None:
+                out[layer.name] = CovarianceObserver(geometry)
+        else:
+            out[layer.name] = CovarianceObserver()
+    return out
+
+
+def layer_input(prepared: PreparedModel, name: str) -> str:
+    return next(layer.input for layer in prepared.layers if layer.name == name)
 
 
 def quantize_models(prepared: PreparedModel, calibrator: Calibrator):
     """Fake-quant and deploy models for the calibrator's enabled layers."""
     target = calibrator.config.deploy_target
-    fake = make_fake_quant_model(prepared.model, calibrator.quant_, target)
+    fake = make_fake_quant_model(prepared.model, calibrator.quant_, calibrator.tensor_qparams_, target)
     deploy = make_deploy_model(prepared.model, calibrator.quant_, calibrator.tensor_qparams_, target)
     return fake, deploy
 
@@ -198,7 +225,7 @@ def calibrate(model, data, save_dir=None, settings: CalibrationSettings | None =
     settings = settings or CalibrationSettings()
     prepared = prepare_model(model)
     dataset = data if isinstance(data, ImageDataset) else ImageDataset(data)
-    calib = dataset.subset(settings.calib_num)
+    calib = dataset.spread(settings.calib_num)
     pre = resolve_preprocess(prepared.model, preprocess)
     check_preprocess(prepared.model, pre, prepared.name)
     quant_config = build_config(prepared, settings, config)
@@ -210,8 +237,8 @@ def calibrate(model, data, save_dir=None, settings: CalibrationSettings | None =
                  " symmetric" if settings.symmetric else "", "per channel" if settings.per_channel else "per tensor",
                  quant_config.deploy_target.value,
                  " (auto)" if settings.deploy_target is DeployTarget.AUTO else "")
-        histograms, means = collect_histograms(prepared, calib, pre, settings, progress)
-        calibrator = Calibrator(quant_config).fit(prepared.model, histograms, means)
+        histograms, means, covariances = collect_statistics(prepared, calib, pre, settings, progress)
+        calibrator = Calibrator(quant_config).fit(prepared.model, histograms, means, covariances)
         fake, deploy = quantize_models(prepared, calibrator)
         result = CalibrationResult(prepared, quant_config, calibrator, fake, deploy,
                                    time.perf_counter() - start, paths)

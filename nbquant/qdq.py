@@ -1,124 +1,30 @@
-"""The fake-quant model: QuantizeLinear/DequantizeLinear on each enabled layer's input, and
-its integer weights behind a DequantizeLinear.
+"""The fake-quant model: the deploy model's arithmetic, simulated in float.
 
-It follows the reference tool's semantics: a layer sees its input activation and its weight
-rounded to int8; its float output is left as is. The integer weights are the ones the deploy
-model ships (same range, same rounding), so the simulated accuracy is the deploy accuracy.
-Names derive from the layer name, e.g. ``<layer>/input/QuantizeLinear`` and ``<layer>/weight_scale``.
+Every Q/DQ of the deploy model is there (each enabled layer's input, its integer weights,
+its requantized output), only the bias stays float (bias-corrected) instead of int32. nbquant
+runs it with onnxruntime's QDQ fusion off (metadata ``nbquant.simulate_int8``), so its accuracy
+is what exact integer kernels give: the deploy model's on any CPU that computes it exactly.
+Where nbquant differs from the reference tool: its fake-quant model quantizes layer inputs and
+weights only, so its accuracy drifts from what the integer kernels deliver.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import onnx
-from onnx import helper, numpy_helper
 
 from .calibration import LayerQuant
+from .deploy import quantize_graph
 from .deploy_target import target_metadata
 from .evaluation import SIMULATE_KEY
-from .graph import _copy
 from .numerics import QParams
 
-MIN_OPSET = 13  # per-channel QuantizeLinear (axis) needs opset 13
 
+def make_fake_quant_model(model: onnx.ModelProto, quant: dict[str, LayerQuant], output_qparams: dict[str, QParams],
+                          target=None) -> onnx.ModelProto:
+    """Float ``model`` with the deploy model's Q/DQ for every layer in ``quant`` and float biases.
 
-class GraphEdit:
-    """Collects new nodes (inserted before a given node) and initializers for one rewrite."""
-
-    def __init__(self, model: onnx.ModelProto):
-        self.model = upgrade_opset(_copy(model))
-        self.before: dict[str, list[onnx.NodeProto]] = {}
-        self.initializers: list[onnx.TensorProto] = []
-
-    def constant(self, name: str, value: np.ndarray) -> str:
-        self.initializers.append(numpy_helper.from_array(np.asarray(value), name))
-        return name
-
-    def qparam_inputs(self, prefix: str, p: QParams) -> tuple[str, str]:
-        scale = np.asarray(p.scale, np.float32)
-        zero_point = np.asarray(p.zero_point).astype(p.dtype)
-        return (self.constant(f"{prefix}_scale", scale.reshape(-1) if scale.size > 1 else scale.reshape(())),
-                self.constant(f"{prefix}_zero_point",
-                              zero_point.reshape(-1) if zero_point.size > 1 else zero_point.reshape(())))
-
-    def add_node(self, before: str, node: onnx.NodeProto) -> None:
-        self.before.setdefault(before, []).append(node)
-
-    def quantize_dequantize(self, before: str, tensor: str, prefix: str, p: QParams,
-                            axis: int | None = None) -> str:
-        """Insert Q and DQ of ``tensor`` ahead of node ``before``; return the dequantized name."""
-        scale, zero_point = self.qparam_inputs(prefix, p)
-        kwargs = {"axis": axis} if axis is not None and np.size(p.scale) > 1 else {}
-        self.add_node(before, helper.make_node("QuantizeLinear", [tensor, scale, zero_point],
-                                               [f"{prefix}_quantized"], name=f"{prefix}/QuantizeLinear", **kwargs))
-        return self.dequantize(before, f"{prefix}_quantized", prefix, scale, zero_point, kwargs)
-
-    def integer_weight(self, before: str, prefix: str, lq: LayerQuant) -> str:
-        """Store ``lq``'s integer weights and insert their DequantizeLinear ahead of ``before``."""
-        kwargs = {"axis": lq.layer.weight_axis} if np.size(lq.weight.scale) > 1 else {}
-        quantized = self.constant(f"{prefix}_quantized", lq.weight_q)
-        scale, zero_point = self.qparam_inputs(prefix, lq.weight)
-        return self.dequantize(before, quantized, prefix, scale, zero_point, kwargs)
-
-    def dequantize(self, before, quantized, prefix, scale, zero_point, kwargs) -> str:
-        self.add_node(before, helper.make_node("DequantizeLinear", [quantized, scale, zero_point],
-                                               [f"{prefix}_dequantized"], name=f"{prefix}/DequantizeLinear",
-                                               **kwargs))
-        return f"{prefix}_dequantized"
-
-    def finish(self, drop_initializers: set[str] = frozenset(), metadata: dict[str, str] | None = None) -> onnx.ModelProto:
-        """Apply the edit: nodes in topological order, unused initializers dropped, metadata
-        added, model checked."""
-        graph = self.model.graph
-        nodes = []
-        for node in graph.node:
-            nodes.extend(self.before.get(node.name, []))
-            nodes.append(node)
-        del graph.node[:]
-        graph.node.extend(nodes)
-        graph.initializer.extend(self.initializers)
-        used = {name for node in graph.node for name in node.input}
-        kept = [i for i in graph.initializer if i.name in used and i.name not in drop_initializers]
-        del graph.initializer[:]
-        graph.initializer.extend(kept)
-        if metadata:
-            props = {p.key: p.value for p in self.model.metadata_props}
-            onnx.helper.set_model_props(self.model, {**props, **metadata})
-        onnx.checker.check_model(self.model)
-        return self.model
-
-
-def upgrade_opset(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Convert models older than opset 13 so per-channel Q/DQ nodes are valid."""
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), MIN_OPSET)
-    if opset < MIN_OPSET:
-        model = onnx.version_converter.convert_version(model, MIN_OPSET)
-    return model
-
-
-def node_by_name(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
-    return {node.name: node for node in model.graph.node}
-
-
-def make_fake_quant_model(model: onnx.ModelProto, quant: dict[str, LayerQuant], target=None) -> onnx.ModelProto:
-    """Float ``model`` with Q/DQ on the input and DQ of the integer weight of every layer in ``quant``.
-
-    ``target`` (the resolved deploy target) is recorded in the metadata, with each layer's weight range.
+    ``output_qparams``: a calibrator's ``tensor_qparams_``; ``target`` (the resolved deploy target)
+    is recorded in the metadata with each layer's weight range.
     """
-    edit = GraphEdit(model)
-    nodes = node_by_name(edit.model)
-    for name, lq in quant.items():
-        node = nodes[name]
-        node.input[0] = edit.quantize_dequantize(name, lq.layer.input, f"{name}/input", lq.activation)
-        node.input[1] = edit.integer_weight(name, f"{name}/weight", lq)
-        if lq.bias is not None:
-            set_bias(node, edit.constant(f"{name}/corrected_bias", lq.bias))
+    edit = quantize_graph(model, quant, output_qparams, integer_bias=False)
     return edit.finish(metadata={**target_metadata(quant, target), SIMULATE_KEY: "1"})
-
-
-def set_bias(node: onnx.NodeProto, name: str) -> None:
-    """Make ``name`` the bias (third input) of a Conv/Gemm node, adding the input if absent."""
-    if len(node.input) > 2:
-        node.input[2] = name
-    else:
-        node.input.append(name)

@@ -133,15 +133,15 @@ class FallbackExplorer:
         return pd.DataFrame(rows, columns=["n_float", "n_int8", "metric", "deploy_metric", "float_layers"])
 
 
-def model_evaluator(model, quant: dict, evaluator, output_qparams: dict | None = None
-                    ) -> Callable[[frozenset], float]:
-    """``evaluate_config`` for a prepared float model, all layers' LayerQuant and an evaluator;
-    with ``output_qparams`` (a calibrator's ``tensor_qparams_``) it evaluates deploy models."""
+def model_evaluator(model, quant: dict, evaluator, output_qparams: dict, deploy: bool = False,
+                    target=None) -> Callable[[frozenset], float]:
+    """``evaluate_config`` for a prepared float model, all layers' LayerQuant, their output params
+    (a calibrator's ``tensor_qparams_``) and an evaluator; fake-quant models, or deploy models."""
+    build = make_deploy_model if deploy else make_fake_quant_model
+
     def evaluate_config(float_layers: frozenset) -> float:
         kept = {name: lq for name, lq in quant.items() if name not in float_layers}
-        if output_qparams is not None:
-            return evaluator.evaluate(make_deploy_model(model, kept, output_qparams))
-        return evaluator.evaluate(make_fake_quant_model(model, kept))
+        return evaluator.evaluate(build(model, kept, output_qparams, target))
     return evaluate_config
 
 
@@ -150,8 +150,7 @@ def full_calibrator(calibration) -> Calibrator:
     calibrator = calibration.calibrator
     if not hasattr(calibrator, "observers_"):
         raise NotFittedError("the calibration's calibrator is not fitted")
-    config = calibration.config.with_float([])
-    return Calibrator(config).fit(calibration.prepared.model, calibrator.observers_, calibrator.means_)
+    return calibrator.with_config(calibration.config.with_float([]))
 
 
 def full_quant(calibration) -> dict:
@@ -160,13 +159,12 @@ def full_quant(calibration) -> dict:
 
 
 def explorer_from_auto_result(result, data, eval_num: int | None = None, metric: str = "top1",
-                              preprocess=None, progress: bool = False,
-                              check_deploy: bool = True) -> FallbackExplorer:
+                              preprocess=None, progress: bool = False) -> FallbackExplorer:
     """A FallbackExplorer that reuses an auto calibration's calibration, ranking and history.
 
     ``data``, ``eval_num``, ``metric`` and ``preprocess`` must be those of the run (its built-in
-    evaluator), so the cached metrics of its history stay valid. ``check_deploy`` as in
-    :class:`~nbquant.auto_calibration.AutoSettings`: deploy models must meet targets too.
+    evaluator), so the cached metrics of its history stay valid. It judges the models the run
+    judged (see ``judged`` in its history): deploy models, or fake-quant models.
     """
     if result.calibration is None:
         raise ConfigError("the auto calibration found no passing configuration, so it kept no calibration; "
@@ -182,7 +180,8 @@ def explorer_from_auto_result(result, data, eval_num: int | None = None, metric:
     ranked = list(result.ranking["layer"])
     calibrator = full_calibrator(calibration)
     quant = {name: lq for name, lq in calibrator.quant_.items() if name in set(ranked)}
-    deploy = model_evaluator(prepared.model, quant, evaluator, calibrator.tensor_qparams_) if check_deploy else None
-    explorer = FallbackExplorer(ranked, model_evaluator(prepared.model, quant, evaluator), result.original_metric,
-                                deploy)
+    outputs, target = calibrator.tensor_qparams_, calibrator.config.deploy_target
+    judged_deploy = "fake_quant" not in set(result.history["judged"].dropna())
+    evaluate = model_evaluator(prepared.model, quant, evaluator, outputs, judged_deploy, target)
+    explorer = FallbackExplorer(ranked, evaluate, result.original_metric)
     return explorer.seed(result.history)

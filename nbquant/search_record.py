@@ -15,7 +15,7 @@ from .files import atomic_write_json
 
 RECORD_VERSION = 1
 HISTORY_COLUMNS = ["step", "kind", "n_float", "n_int8", "metric", "loss", "deploy_metric", "ok", "seconds",
-                   "float_layers"]
+                   "judged", "float_layers"]
 
 
 def new_record(settings: dict, layers: list[str]) -> dict:
@@ -64,8 +64,8 @@ def load_record(path) -> pd.DataFrame:
     if len(objects) == 1 and isinstance(objects[0], dict) and "steps" in objects[0]:
         record = objects[0]
         layers = record.get("layers", [])
-        rows = [{**{k: s.get(k) for k in HISTORY_COLUMNS if k != "float_layers"},
-                 "deploy_metric": s.get("deploy_metric", np.nan),  # only steps whose fake-quant model passed
+        rows = [{**{k: s.get(k) for k in HISTORY_COLUMNS if k not in ("float_layers", "deploy_metric")},
+                 "deploy_metric": s.get("deploy_metric", np.nan),  # steps judged on the deploy model
                  "float_layers": list(s["float_layers"]),
                  "n_float": len(s["float_layers"]), "n_int8": len(layers) - len(s["float_layers"])}
                 for s in record["steps"]]
@@ -77,7 +77,8 @@ def load_record(path) -> pd.DataFrame:
             float_layers = [name for name, quantized in flags.items() if not quantized]
             rows.append({"step": step, "kind": "search", "n_float": len(float_layers),
                          "n_int8": len(flags) - len(float_layers), "metric": np.nan, "loss": loss,
-                         "deploy_metric": np.nan, "ok": ok, "seconds": np.nan, "float_layers": float_layers})
+                         "deploy_metric": np.nan, "ok": ok, "seconds": np.nan, "judged": "fake_quant",
+                         "float_layers": float_layers})
     return pd.DataFrame(rows, columns=HISTORY_COLUMNS)
 
 

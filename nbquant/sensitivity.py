@@ -24,9 +24,11 @@ from tqdm.auto import tqdm
 
 from .calibration import LayerQuant
 from .evaluation import make_session
+from .errors import ConfigError
 from .evaluators import mean_kl
 from .image_cache import CachedImages
-from .qdq import GraphEdit, make_fake_quant_model, node_by_name
+from .graph_edit import GraphEdit, node_by_name
+from .qdq import make_fake_quant_model
 
 RANKING_COLUMNS = ["rank", "layer", "op", "score", "metric"]
 
@@ -57,7 +59,8 @@ def shadow_model(model: onnx.ModelProto, quant: dict[str, LayerQuant]) -> tuple[
     return out, pairs
 
 
-def cosine_scores(model, quant, images: CachedImages, batch_size: int = 4, progress: bool = True) -> dict:
+def cosine_scores(model, quant, images: CachedImages, batch_size: int = 4, progress: bool = True,
+                  output_qparams: dict | None = None) -> dict:
     """The reference tool's local metric for every layer in ``quant``."""
     shadow, pairs = shadow_model(model, quant)
     session = make_session(shadow, simulate=True)
@@ -77,8 +80,12 @@ def cosine_scores(model, quant, images: CachedImages, batch_size: int = 4, progr
 
 
 def output_scores(model, quant, images: CachedImages, batch_size: int = 16, progress: bool = True,
-                  reference: np.ndarray | None = None) -> dict:
-    """``exp(-KL)`` of the model output with each layer alone quantized, against the float output."""
+                  output_qparams: dict | None = None, reference: np.ndarray | None = None) -> dict:
+    """``exp(-KL)`` of the model output with each layer alone quantized (as in the fake-quant model:
+    input, weight and output; ``output_qparams`` is a calibrator's ``tensor_qparams_``), against the
+    float output."""
+    if output_qparams is None:
+        raise ConfigError("output sensitivity needs output_qparams (a fitted calibrator's tensor_qparams_)")
     def logits(m):
         session = make_session(m, simulate=True)
         name = session.get_inputs()[0].name
@@ -87,7 +94,8 @@ def output_scores(model, quant, images: CachedImages, batch_size: int = 16, prog
     reference = logits(model) if reference is None else reference
     scores = {}
     for name in tqdm(list(quant), desc="rank (output)", disable=not progress):
-        scores[name] = float(np.exp(-mean_kl(reference, logits(make_fake_quant_model(model, {name: quant[name]})))))
+        alone = make_fake_quant_model(model, {name: quant[name]}, output_qparams)
+        scores[name] = float(np.exp(-mean_kl(reference, logits(alone))))
     return scores
 
 
@@ -95,9 +103,11 @@ METHODS: dict[str, Callable] = {"output": output_scores, "cosine": cosine_scores
 
 
 def rank_layers(model, quant, images: CachedImages, method: str = "output", progress: bool = True,
-                layer_table: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Ranking DataFrame, most sensitive first: rank, layer, op, score, metric (+ layer columns)."""
-    scores = METHODS[method](model, quant, images, progress=progress)
+                layer_table: pd.DataFrame | None = None, output_qparams: dict | None = None) -> pd.DataFrame:
+    """Ranking DataFrame, most sensitive first: rank, layer, op, score, metric (+ layer columns).
+
+    ``output_qparams`` (a calibrator's ``tensor_qparams_``) is needed by the ``output`` method."""
+    scores = METHODS[method](model, quant, images, progress=progress, output_qparams=output_qparams)
     ops = {name: lq.layer.op for name, lq in quant.items()}
     frame = pd.DataFrame({"layer": list(scores), "score": list(scores.values())})
     frame["op"] = frame["layer"].map(ops)

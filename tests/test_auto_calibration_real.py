@@ -100,22 +100,25 @@ class DeployRounding(HarmfulLayers):
         return metric - 0.01 * len(self.deploy_harmful & int8_layers)
 
 
-def test_deploy_model_must_meet_the_target_too(real_model_path, real_data, tmp_path):
+def test_search_judges_the_deploy_model_and_the_simulation_only_when_asked(real_model_path, real_data, tmp_path):
     deploy_only = ["/_blocks.5/_project_conv/Conv"]
     settings = AutoSettings(rank_num=8, sensitivity="cosine", max_evals=40)
     checked = auto_calibrate(real_model_path, real_data, evaluator=DeployRounding([], deploy_only),
                              save_dir=tmp_path / "checked", settings=settings, calib_settings=FAST_CALIB,
                              progress=False)
     assert checked.ok and checked.float_layers == deploy_only, checked.history
-    assert checked.deploy_metric == 1.0
+    assert checked.deploy_metric == checked.final_metric == 1.0
+    steps = checked.history[checked.history["kind"] != "original"]
+    assert set(steps["judged"]) == {"deploy"} and (steps["metric"] == steps["deploy_metric"]).all()
     first = checked.history.set_index("kind").loc["all_int8"]
-    assert first["metric"] == 1.0 and first["deploy_metric"] == 0.99 and not first["ok"]
-    assert ("step 1: 0 of 50 layers in float, metric 1.0, loss 0.00000, deploy model 0.99 (loss 0.01000), not ok"
+    assert first["metric"] == 0.99 and not first["ok"]
+    assert ("step 1: 0 of 50 layers in float, deploy model metric 0.99, loss 0.01000, not ok"
             in checked.paths.log_file.read_text())
     unchecked = auto_calibrate(real_model_path, real_data, evaluator=DeployRounding([], deploy_only),
                                save_dir=tmp_path / "unchecked", settings=replace(settings, check_deploy=False),
                                calib_settings=FAST_CALIB, progress=False)
     assert unchecked.ok and unchecked.float_layers == [] and unchecked.deploy_metric == 0.99
+    assert set(unchecked.history["judged"].dropna()) == {"fake_quant"}
     assert "misses the target by rounding" in unchecked.paths.log_file.read_text()
 
 

@@ -114,6 +114,13 @@ def test_subset(imagenet_dir):
         data.subset(2, offset=2)
 
 
+def test_spread_covers_the_whole_sorted_list(imagenet_dir):
+    data = ImageDataset(imagenet_dir)
+    assert data.spread(2).labels.tolist() == [0, 1] and data.spread(3).labels.tolist() == data.labels.tolist()
+    with pytest.raises(DataError, match="calibration count 4 is larger than the 3 images"):
+        data.spread(4)
+
+
 def test_iter_batches_streams_in_order(imagenet_dir):
     data = ImageDataset(imagenet_dir)
     batches = list(data.iter_batches(PRE, batch_size=2))

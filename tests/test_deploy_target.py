@@ -106,7 +106,7 @@ def test_portable_target_limits_the_pairing_layers_and_both_models_share_the_int
     assert (dense.layer.kind, depthwise.layer.kind) == ("conv", "depthwise")
     assert np.abs(dense.weight_q).max() == 64 and np.abs(depthwise.weight_q).max() == 127
     assert cal.table_.set_index("layer")["weight_max"].to_dict() == {"Conv_0": 64, "Conv_3": 127}
-    fake = make_fake_quant_model(model, cal.quant_, DeployTarget.PORTABLE)
+    fake = make_fake_quant_model(model, cal.quant_, cal.tensor_qparams_, DeployTarget.PORTABLE)
     deploy = make_deploy_model(model, cal.quant_, cal.tensor_qparams_, DeployTarget.PORTABLE)
     for built in (fake, deploy):
         ints = {t.name: onnx.numpy_helper.to_array(t) for t in built.graph.initializer
@@ -135,7 +135,7 @@ def test_full_range_model_warns_once_where_this_cpu_is_inexact(monkeypatch, capl
     with caplog.at_level(logging.WARNING, logger="nbquant"):
         make_session(deploy)
         make_session(deploy)
-        make_session(make_fake_quant_model(model, cal.quant_, DeployTarget.FULL))  # simulated: exact anyway
+        make_session(make_fake_quant_model(model, cal.quant_, cal.tensor_qparams_, DeployTarget.FULL))  # simulated: exact anyway
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1, warnings
     assert "full_range_test_model" in warnings[0] and "conv layers" in warnings[0]

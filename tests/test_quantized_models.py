@@ -67,7 +67,7 @@ def test_conv_scales_and_zero_points_hand_computed(conv_model):
 def test_fake_quant_matches_numpy_reference(dense_model):
     data = batches((4, 6))
     cal = calibrated(dense_model, data, per_channel=False)
-    fq = make_fake_quant_model(dense_model, cal.quant_)
+    fq = make_fake_quant_model(dense_model, cal.quant_, cal.tensor_qparams_)
     onnx.checker.check_model(fq)
     assert [i.name for i in fq.graph.input] == ["x"] and [o.name for o in fq.graph.output] == ["y"]
     init = {i.name: numpy_helper.to_array(i) for i in dense_model.graph.initializer}
@@ -80,7 +80,7 @@ def test_fake_quant_matches_numpy_reference(dense_model):
 
 def test_disabled_layer_stays_float(dense_model):
     cal = calibrated(dense_model, batches((4, 6)), disabled=["MatMul_2"])
-    fq = make_fake_quant_model(dense_model, cal.quant_)
+    fq = make_fake_quant_model(dense_model, cal.quant_, cal.tensor_qparams_)
     matmul = next(n for n in fq.graph.node if n.op_type == "MatMul")
     assert list(matmul.input) == ["r", "wm"]
     assert set(cal.quant_) == {"Gemm_0"}
@@ -89,7 +89,7 @@ def test_disabled_layer_stays_float(dense_model):
 def test_deploy_model_int8_weights_close_to_fake_quant(conv_model):
     data = batches((2, 3, 8, 8))
     cal = calibrated(conv_model, data)
-    fq = make_fake_quant_model(conv_model, cal.quant_)
+    fq = make_fake_quant_model(conv_model, cal.quant_, cal.tensor_qparams_)
     dep = make_deploy_model(conv_model, cal.quant_, cal.tensor_qparams_)
     onnx.checker.check_model(dep)
     types = {i.name: i.data_type for i in dep.graph.initializer}
@@ -127,7 +127,7 @@ def test_bias_correction_removes_the_mean_output_shift(conv_model):
     x = np.concatenate(data)
     ref = make_session(conv_model).run(None, {"x": x})[0]
     for cal in (plain, fixed):
-        out = make_session(make_fake_quant_model(conv_model, cal.quant_)).run(None, {"x": x})[0]
+        out = make_session(make_fake_quant_model(conv_model, cal.quant_, cal.tensor_qparams_)).run(None, {"x": x})[0]
         cal.shift = np.abs((out - ref).mean(axis=(0, 2, 3))).max()
     assert fixed.shift < 0.5 * plain.shift
     dep = make_deploy_model(conv_model, fixed.quant_, fixed.tensor_qparams_)

@@ -143,23 +143,23 @@ def test_model_evaluator_builds_fake_quant_models_without_the_float_layers():
     batches = [np.random.default_rng(i).normal(size=(4, 6)).astype(np.float32) for i in range(3)]
     histograms, _ = observe(session, names, batches)
     config = QuantConfig.default({layer.name: layer.op for layer in prepared.layers})
-    quant = Calibrator(config).fit(prepared.model, histograms).quant_
+    calibrator = Calibrator(config).fit(prepared.model, histograms)
+    quant, outputs = calibrator.quant_, calibrator.tensor_qparams_
 
     class QuantizedNodes:
         def evaluate(self, model):
             dq = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
             return float(sum(1 for n in model.graph.node if n.name in quant and n.input[0] in dq))
 
-    evaluate = model_evaluator(prepared.model, quant, QuantizedNodes())
+    evaluate = model_evaluator(prepared.model, quant, QuantizedNodes(), outputs)
     first = prepared.layers[0].name
     assert evaluate(frozenset()) == 2.0 and evaluate(frozenset({first})) == 1.0
-    calibrator = Calibrator(config).fit(prepared.model, histograms)
 
     class IntegerBiases:  # only deploy models carry int32 biases (the Gemm's; the MatMul has none)
         def evaluate(self, model):
             return float(sum(1 for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT32
                              and t.name.endswith("/bias_quantized")))
 
-    deploy = model_evaluator(prepared.model, quant, IntegerBiases(), calibrator.tensor_qparams_)
+    deploy = model_evaluator(prepared.model, quant, IntegerBiases(), outputs, deploy=True)
     assert deploy(frozenset()) == 1.0 and deploy(frozenset({first})) == 0.0
-    assert model_evaluator(prepared.model, quant, IntegerBiases())(frozenset()) == 0.0
+    assert model_evaluator(prepared.model, quant, IntegerBiases(), outputs)(frozenset()) == 0.0
