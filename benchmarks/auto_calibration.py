@@ -2,7 +2,9 @@
 
 Run: python benchmarks/auto_calibration.py  (NBQUANT_MODEL / NBQUANT_DATA; 100 calibration
 images, every image for evaluation). Settings: per-channel weights at max drop 0.002 with the
-default strategy and with `binary`, per-tensor weights at 0.01. Add --settings to choose.
+default strategy and with `binary`, per-tensor weights at 0.01, each with the deploy target
+auto picks for this CPU; the -portable and -full settings force one. Add --settings to choose.
+The header names this CPU's int8 flags and probe verdict.
 """
 
 from __future__ import annotations
@@ -17,18 +19,21 @@ from nbquant.datasets import ImageDataset
 from nbquant.evaluation import evaluate
 from nbquant.pipeline import CalibrationSettings
 
-SETTINGS = {
-    "pc-0.002": (True, 0.002, "refine", "output"),
-    "pc-0.002-binary": (True, 0.002, "binary", "output"),
-    "pc-0.002-binary-cosine": (True, 0.002, "binary", "cosine"),
-    "pc-0.005": (True, 0.005, "refine", "output"),
-    "pt-0.01": (False, 0.01, "refine", "output"),
+SETTINGS = {  # per-channel, max drop, strategy, sensitivity, deploy target
+    "pc-0.002": (True, 0.002, "refine", "output", "auto"),
+    "pc-0.002-portable": (True, 0.002, "refine", "output", "portable"),
+    "pc-0.002-full": (True, 0.002, "refine", "output", "full"),
+    "pc-0.002-binary": (True, 0.002, "binary", "output", "auto"),
+    "pc-0.002-binary-cosine": (True, 0.002, "binary", "cosine", "auto"),
+    "pc-0.005": (True, 0.005, "refine", "output", "auto"),
+    "pc-0.005-portable": (True, 0.005, "refine", "output", "portable"),
+    "pt-0.01": (False, 0.01, "refine", "output", "auto"),
 }
 
 
 def main() -> None:
     p = parser(__doc__)
-    p.add_argument("--settings", default="pc-0.002,pc-0.002-binary,pt-0.01",
+    p.add_argument("--settings", default="pc-0.002,pc-0.002-portable,pc-0.002-binary,pt-0.01",
                    help=f"comma-separated, from {', '.join(SETTINGS)}")
     args = p.parse_args()
     model_path, data_dir = model_and_data(args)
@@ -37,13 +42,14 @@ def main() -> None:
     print(f"{'setting':24s} {'met':>4s} {'int8':>6s} {'evals':>5s} {'wall s':>7s} {'float':>6s} "
           f"{'final':>6s} {'deploy':>6s}  layers in float")
     for name in args.settings.split(","):
-        per_channel, max_drop, strategy, sensitivity = SETTINGS[name]
+        per_channel, max_drop, strategy, sensitivity, target = SETTINGS[name]
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
             result = auto_calibrate(model_path, data, save_dir=Path(tmp),
                                     settings=AutoSettings(max_drop=max_drop, strategy=strategy,
                                                           sensitivity=sensitivity),
-                                    calib_settings=CalibrationSettings(per_channel=per_channel), progress=False)
+                                    calib_settings=CalibrationSettings(per_channel=per_channel, deploy_target=target),
+                                    progress=False)
             wall = time.perf_counter() - start
             deploy = (evaluate(result.paths.deploy_model, data, progress=False).top1 if result.ok else float("nan"))
         n = len(result.ranking)

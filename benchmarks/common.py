@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 
 import numpy as np
 import onnxruntime as ort
 
 from nbquant import settings
 from nbquant.analysis import measure_latency
+from nbquant.cpu_probe import probe_int8
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -25,8 +25,9 @@ def model_and_data(args):
 
 
 def machine() -> str:
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-            f"onnxruntime {ort.__version__}, numpy {np.__version__}")
+    """Cores, library versions and this CPU's int8 flags with the probe's verdict (every figure names it)."""
+    return (f"{os.cpu_count()} cores, onnxruntime {ort.__version__}, numpy {np.__version__}; "
+            f"cpu: {probe_int8().describe()}")
 
 
 def latency_ms(model, batch: int, runs: int | None = None, shape=(3, 224, 224)) -> float:

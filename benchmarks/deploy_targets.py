@@ -19,7 +19,6 @@ import numpy as np
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
 from common import machine, model_and_data, parser
-from nbquant.cpu_probe import probe_int8
 from nbquant.datasets import ImageDataset
 from nbquant.evaluators import mean_kl
 from nbquant.evaluation import make_session, predictions
@@ -50,7 +49,7 @@ def main() -> None:
     model_path, data_dir = model_and_data(args)
     data = ImageDataset(data_dir)
     pre = resolve_preprocess(load_model(model_path))
-    print(f"machine: {machine()}\ncpu: {probe_int8().describe()}")
+    print(f"machine: {machine()}")
     reference = predictions(model_path, data, pre, progress=False)
     labels = data.labels
     print(f"float top-1 {np.mean(reference.argmax(1) == labels):.4f} on {len(data)} images; "

@@ -43,7 +43,9 @@ def quantize_graph(model: onnx.ModelProto, quant: dict[str, LayerQuant], output_
     dequantized: dict[str, str] = {}  # float tensor -> its dequantized twin
     for name, lq in quant.items():
         node = nodes[name]
-        node.input[0] = edit.quantize_dequantize(name, lq.layer.input, f"{name}/input", lq.activation)
+        # ahead of the tensor's first reader: other readers (a Shape, an Add) may come before the layer
+        first = _first_consumer(edit.model, lq.layer.input)
+        node.input[0] = edit.quantize_dequantize(first, lq.layer.input, f"{name}/input", lq.activation)
         dequantized.setdefault(lq.layer.input, node.input[0])
         node.input[1] = edit.integer_weight(name, f"{name}/weight", lq)
         if integer_bias:

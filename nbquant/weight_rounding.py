@@ -3,7 +3,8 @@
 Rounding each weight to its nearest integer adds independent errors; GPTQ (Frantar et al.,
 2023) rounds the input columns one at a time and moves each column's rounding error onto
 the columns not yet rounded, weighted by the inverse input covariance, which minimises the
-layer's output error ``E[((W_q - W) x)^2]`` for the calibration inputs. nbquant uses the
+layer's output error ``E[((W_q - W) x)^2]`` for the calibration inputs; columns go in
+decreasing input variance ("act order"), which measured slightly better on EfficientNet-Lite0. nbquant uses the
 centred covariance: bias correction removes the mean part of the error afterwards.
 On few or unrepresentative samples GPTQ can overfit, so :func:`choose_rounding` fits on one
 half of the calibration batches, scores on the other (and the other way round), and keeps
@@ -38,10 +39,11 @@ def round_gptq(w: np.ndarray, cov: np.ndarray, scale: np.ndarray, qmax: int, dam
     >>> round_gptq(w, np.eye(2), s, 1).tolist(), round_gptq(w, np.ones((2, 2)) + 1e-3 * np.eye(2), s, 1).tolist()
     ([[0, 0]], [[0, 1]])
     """
-    w = np.array(w, np.float64)
+    order = np.argsort(-np.diag(cov), kind="stable")  # act order: the highest-variance columns first
+    w = np.array(w, np.float64)[:, order]
     s = _row_scale(scale, w)
     k = w.shape[1]
-    h = np.array(cov, np.float64)
+    h = np.array(cov, np.float64)[np.ix_(order, order)]
     dead = np.diag(h) <= 0
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
@@ -58,7 +60,7 @@ def round_gptq(w: np.ndarray, cov: np.ndarray, scale: np.ndarray, qmax: int, dam
             block[:, i:] -= np.outer(err, upper[i1 + i, i1 + i:i2])
             errors[:, i] = err
         w[:, i2:] -= errors @ upper[i1:i2, i2:]
-    return q
+    return q[:, np.argsort(order)]
 
 
 def output_error(w: np.ndarray, q: np.ndarray, scale: np.ndarray, cov: np.ndarray) -> float:

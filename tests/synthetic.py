@@ -57,3 +57,24 @@ def no_layer_model() -> onnx.ModelProto:
     <ir_version: 8, opset_import: ["" : 13]>
     g (float[N, 3, 8, 8] x) => (float[N, 3, 8, 8] y) { y = Relu (x) }
     """)
+
+
+def shape_reads_layer_input_model(seed: int = 0) -> onnx.ModelProto:
+    """As PyTorch exports attention: a Shape reads a MatMul's input before the MatMul, and the
+    shape feeds a Reshape of the MatMul's output."""
+    rng = np.random.default_rng(seed)
+    text = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N, 4, 8] x) => (float[N, 4, 6] y) {
+        s = Shape (x)
+        idx = Constant <value = int64[1] {0}> ()
+        n = Gather <axis = 0> (s, idx)
+        rest = Constant <value = int64[2] {4, 6}> ()
+        target = Concat <axis = 0> (n, rest)
+        h = MatMul (x, w1)
+        r = Relu (h)
+        m = MatMul (r, w2)
+        y = Reshape (m, target)
+    }
+    """
+    return _with_weights(text, {"w1": rng.normal(0, 0.5, (8, 8)), "w2": rng.normal(0, 0.5, (8, 6))})

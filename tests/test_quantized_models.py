@@ -146,3 +146,18 @@ def test_falling_back_a_layer_does_not_change_the_others_scales(conv_model):
         np.array_equal(kept.activation.scale, same.activation.scale)
         and np.array_equal(kept.activation.zero_point, same.activation.zero_point))
     assert np.array_equal(kept.weight.scale, same.weight.scale) and np.array_equal(kept.bias, same.bias)
+
+
+def test_layer_input_read_earlier_by_a_shape_keeps_the_graph_sorted():
+    """PyTorch transformer exports: a Shape reads a layer's input before the layer (a crash before)."""
+    from synthetic import shape_reads_layer_input_model
+    model = name_nodes(shape_reads_layer_input_model())[0]
+    data = [np.random.default_rng(i).normal(size=(2, 4, 8)).astype(np.float32) for i in range(3)]
+    cal = calibrated(model, data)
+    assert set(cal.quant_) == {"MatMul_5", "MatMul_7"}
+    for built in (make_fake_quant_model(model, cal.quant_, cal.tensor_qparams_),
+                  make_deploy_model(model, cal.quant_, cal.tensor_qparams_)):
+        onnx.checker.check_model(built)
+        out = make_session(built).run(None, {"x": data[0]})[0]
+        ref = make_session(model).run(None, {"x": data[0]})[0]
+        assert out.shape == ref.shape == (2, 4, 6) and np.abs(out - ref).max() < 0.1 * np.abs(ref).max()
