@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
-from enum import Enum
 
+from .choices import Choice
 from .deploy_target import FULL_WEIGHT_MAX, DeployTarget
 from .errors import ConfigError
 
@@ -23,7 +23,7 @@ CONFIG_VERSION = 1
 ALGO_ALIASES = {"ifmr": "mse", "hfmg": "mse", "max": "minmax", "entropy": "kl"}
 
 
-class ActMethod(str, Enum):
+class ActMethod(Choice):
     """How an activation's clip range is chosen from its calibration histogram."""
 
     MINMAX = "minmax"
@@ -32,32 +32,19 @@ class ActMethod(str, Enum):
     KL = "kl"
 
     @classmethod
-    def parse(cls, value, where: str = "act_method") -> "ActMethod":
-        if isinstance(value, cls):
-            return value
-        name = ALGO_ALIASES.get(str(value).lower(), str(value).lower())
-        try:
-            return cls(name)
-        except ValueError:
-            valid = ", ".join(m.value for m in cls)
-            raise ConfigError(f"{where} must be one of {valid}, got {value!r}") from None
+    def aliases(cls) -> dict[str, str]:
+        return ALGO_ALIASES
 
 
-class WeightRounding(str, Enum):
+class WeightRounding(Choice):
     """How weights become integers: ``nearest``, or ``gptq`` (error-compensating; see weight_rounding)."""
 
     NEAREST = "nearest"
     GPTQ = "gptq"
 
     @classmethod
-    def parse(cls, value, where: str = "weight_rounding") -> "WeightRounding":
-        if isinstance(value, cls):
-            return value
-        name = {"arq_quantize": "nearest"}.get(str(value).lower(), str(value).lower())
-        try:
-            return cls(name)
-        except ValueError:
-            raise ConfigError(f"{where} must be one of {', '.join(m.value for m in cls)}, got {value!r}") from None
+    def aliases(cls) -> dict[str, str]:
+        return {"arq_quantize": "nearest"}  # the reference tool's name for max-abs nearest rounding
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import json
 import logging
-from enum import Enum
 
+from .choices import Choice
 from .cpu_probe import Int8Report, pair_safe_weight_max, probe_int8
 from .errors import ConfigError
 
@@ -25,21 +25,12 @@ FULL_WEIGHT_MAX = 127
 PAIRING_KINDS = ("conv", "pointwise", "grouped", "gemm", "matmul", "conv_transpose")
 
 
-class DeployTarget(str, Enum):
+class DeployTarget(Choice):
     """Which CPUs the deploy model must be exact on (see the module docstring)."""
 
     AUTO = "auto"
     PORTABLE = "portable"
     FULL = "full"
-
-    @classmethod
-    def parse(cls, value, where: str = "deploy_target") -> "DeployTarget":
-        if isinstance(value, cls):
-            return value
-        try:
-            return cls(str(value).lower())
-        except ValueError:
-            raise ConfigError(f"{where} must be one of {', '.join(t.value for t in cls)}, got {value!r}") from None
 
 
 def resolve_target(target, report: Int8Report | None = None) -> DeployTarget:

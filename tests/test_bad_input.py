@@ -41,10 +41,26 @@ def no_results(save_dir):
 
 
 def test_good_run_writes_results(capsys, model_file, images, tmp_path):
-    code, out, err = run(capsys, "calibrate", model_file, "--data", images, "--save-dir", tmp_path / "out", *SMALL)
+    code, out, err = run(capsys, "calibrate", model_file, "--data", images, "--save-dir", tmp_path / "out", *SMALL,
+                         "--deploy-target", "portable")
     assert code == 0, err
     assert (tmp_path / "out/results/tiny_deploy_model.onnx").is_file()
-    assert "2 of 2 layers in int8" in out
+    assert "2 of 2 layers in int8" in out and "deploy target portable" in out
+    config = json.loads((tmp_path / "out/tmp/config.json").read_text())
+    assert config["deploy_target"] == "portable" and config["Conv_0"]["weight_quant_params"]["weight_max"] == 64
+
+
+def test_cpu_command_prints_the_probe(capsys):
+    code, out, _ = run(capsys, "cpu")
+    assert code == 0
+    assert "int8 flags:" in out and "depthwise5x5s2" in out and "steps_pair_safe" in out
+    assert "deploy target auto picks: " in out
+
+
+def test_bad_deploy_target_is_named(capsys, model_file, images, tmp_path):
+    with pytest.raises(SystemExit):
+        run(capsys, "calibrate", model_file, "--data", images, "--deploy-target", "fast")
+    assert "invalid choice: 'fast'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("case, message", [
