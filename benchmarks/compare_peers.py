@@ -44,6 +44,8 @@ sys.path.insert(0, str(HERE / "peers"))
 
 from peerlib import SETTINGS, count_layers, paired_latency_ms, top1, write_json  # noqa: E402
 
+from nbquant.cpu_probe import probe_int8  # noqa: E402
+
 TOOLS = ["nbquant", "nbquant-binary", "nncf", "inc", "ort"]
 TOOL_LABEL = {"nbquant": "nbquant (refine, default)", "nbquant-binary": "nbquant (binary)",
               "nncf": "NNCF accuracy control", "inc": "Neural Compressor fit", "ort": "onnxruntime DIY"}
@@ -237,7 +239,8 @@ def main() -> None:
                     float_ms[b].append(f)
     spread = {b: (f"{min(v):.2f}-{max(v):.2f}" if b == 1 else f"{min(v):.1f}-{max(v):.1f}") if v else "-"
               for b, v in float_ms.items()}
-    header = [f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {cpu_name()}, {os.cpu_count()} cores; "
+    header = [f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {probe_int8().describe()}, "
+              f"{os.cpu_count()} cores; "
               f"Python {platform.python_version()}; measured with onnxruntime {ort.__version__}",
               f"float model: {spread[1]} ms at batch 1, {spread[32]} ms at batch 32 ({args.threads} threads; median "
               "of each pairing; latency columns = model / float, timed in alternating blocks); "
@@ -257,16 +260,6 @@ def main() -> None:
     if args.markdown:
         args.markdown.expanduser().parent.mkdir(parents=True, exist_ok=True)
         args.markdown.expanduser().write_text("\n".join(lines) + "\n")
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":
