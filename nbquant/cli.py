@@ -30,8 +30,8 @@ def _data_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--preset", default=None,
                        help="preprocessing preset: half ((x-0.498)/0.502), imagenet (torchvision mean/std), "
                             "inception; default: the model's metadata, else half")
-    group.add_argument("--resize", type=int, help="resize the short side to this many pixels")
-    group.add_argument("--crop", type=int, help="center crop size")
+    group.add_argument("--resize", type=int, help="resize the short side to this many pixels (default: crop / 0.875)")
+    group.add_argument("--crop", type=int, help="center crop size (default: the model's input size)")
     group.add_argument("--layout", choices=["nchw", "nhwc"], help="input layout")
     group.add_argument("--batch-size", type=int, default=32, help="images per inference batch (default 32)")
 
@@ -153,8 +153,11 @@ def _dataset(args):
 
 def _preprocess(args, model_proto):
     from .pipeline import resolve_preprocess
+    from .preprocess import resize_for_crop
     pre = resolve_preprocess(model_proto, args.preset)
     changes = {k: getattr(args, k) for k in ("resize", "crop", "layout") if getattr(args, k) is not None}
+    if "crop" in changes and "resize" not in changes:
+        changes["resize"] = resize_for_crop(changes["crop"])  # the resize follows the crop (ratio 0.875)
     return replace(pre, **changes) if changes else pre
 
 

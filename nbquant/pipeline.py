@@ -24,7 +24,7 @@ from .files import RunPaths, atomic_write_json, atomic_write_text, read_json, re
 from .fusion import fold_batchnorm
 from .graph import Layer, constants, find_layers, layer_table, load_model, name_nodes
 from .input_covariance import CovarianceObserver, conv_geometry, weight_matrix
-from .preprocess import DEFAULT_PRESET, Preprocess, check_input_shape, get_preset
+from .preprocess import DEFAULT_PRESET, Preprocess, check_input_shape, fit_to_input, get_preset
 from .qdq import make_fake_quant_model
 from .record_files import format_scale_offset_record, make_quant_map
 from .runlog import log_to_file
@@ -91,15 +91,17 @@ def prepare_model(model, do_fusion: bool = True, skip_fusion=()) -> PreparedMode
 
 
 def resolve_preprocess(model: onnx.ModelProto, preprocess=None) -> Preprocess:
-    """The given preprocessing or preset name; else what the model's metadata records; else the default."""
+    """The given Preprocess; else what the model's metadata records; else the given preset name
+    (default "half") with crop, resize and layout taken from the model's input shape (logged)."""
     if isinstance(preprocess, Preprocess):
         return preprocess
-    if preprocess is not None:
-        return get_preset(preprocess)
     meta = {p.key[len(METADATA_PREFIX):]: p.value for p in model.metadata_props
             if p.key.startswith(METADATA_PREFIX)}
-    if not meta:
-        return get_preset(DEFAULT_PRESET)
+    if preprocess is not None or not meta:
+        pre, why = fit_to_input(get_preset(preprocess or DEFAULT_PRESET), input_shape(model))
+        if why:
+            log.info("preprocessing for %s: %s", model.graph.name or "the model", why)
+        return pre
     kwargs = {}
     for key, value in meta.items():
         if key in ("resize", "crop"):
@@ -111,11 +113,15 @@ def resolve_preprocess(model: onnx.ModelProto, preprocess=None) -> Preprocess:
     return Preprocess(**kwargs)
 
 
+def input_shape(model: onnx.ModelProto) -> list:
+    """The first input's shape: ints where fixed, the dim name or None where dynamic."""
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in dims]
+
+
 def check_preprocess(model: onnx.ModelProto, pre: Preprocess, where: str) -> None:
     """Raise when ``pre`` produces images of another size than the model's first input."""
-    dims = model.graph.input[0].type.tensor_type.shape.dim
-    shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in dims]
-    check_input_shape(pre, shape, where)
+    check_input_shape(pre, input_shape(model), where)
 
 
 @dataclass

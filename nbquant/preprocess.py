@@ -201,6 +201,42 @@ def preprocess_image(img: Image.Image, pre: Preprocess) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
+CROP_RATIO = 0.875  # the ImageNet convention: crop 224 of a short side resized to 256
+
+
+def resize_for_crop(crop: int) -> int:
+    """The short-side resize that goes with a center crop at the ImageNet ratio 0.875.
+
+    >>> resize_for_crop(224), resize_for_crop(240), resize_for_crop(260)
+    (256, 274, 297)
+    """
+    return int(round(crop / CROP_RATIO))
+
+
+def fit_to_input(pre: Preprocess, input_shape: Sequence[object]) -> tuple[Preprocess, str]:
+    """``pre`` with crop, resize and layout taken from a static square image input
+    ([N, 3, H, H] or [N, H, H, 3]), and a sentence saying what changed ("" when nothing did).
+
+    >>> new, why = fit_to_input(Preprocess(), [None, 3, 240, 240])
+    >>> new.crop, new.resize, new.layout.value
+    (240, 274, 'NCHW')
+    """
+    dims = list(input_shape)[1:]
+    if len(dims) != 3:
+        return pre, ""
+    if dims[0] == 3 and isinstance(dims[1], (int, np.integer)) and dims[1] == dims[2] and dims[1] > 0:
+        size, layout = int(dims[1]), Layout.NCHW
+    elif dims[2] == 3 and isinstance(dims[0], (int, np.integer)) and dims[0] == dims[1] and dims[0] > 0:
+        size, layout = int(dims[0]), Layout.NHWC
+    else:
+        return pre, ""
+    if (size, layout) == (pre.crop, pre.layout):
+        return pre, ""
+    new = replace(pre, crop=size, resize=resize_for_crop(size), layout=layout)
+    return new, (f"crop {size}, resize {new.resize} (ratio {CROP_RATIO}) and layout {layout.value} from the "
+                 f"model's input {_format_shape(list(input_shape))}")
+
+
 def _format_shape(shape: Sequence[object]) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 

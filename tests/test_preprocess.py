@@ -143,3 +143,34 @@ def test_check_input_shape_suggests_layout_when_only_layout_differs():
 def test_check_input_shape_rejects_wrong_rank():
     with pytest.raises(ConfigError, match=r"expects input \[N, 1000\]"):
         check_input_shape(get_preset("half"), ["N", 1000], "m.onnx")
+
+
+def test_crop_resize_and_layout_follow_a_static_model_input():
+    from nbquant.preprocess import fit_to_input
+    pre = get_preset("half")
+    nhwc, why = fit_to_input(pre, [1, 240, 240, 3])
+    assert (nhwc.crop, nhwc.resize, nhwc.layout.value) == (240, 274, "NHWC") and "[1, 240, 240, 3]" in why
+    assert fit_to_input(pre, ["N", 3, 224, 224]) == (pre, "")  # already matching
+    assert fit_to_input(pre, ["N", 3, "H", "W"]) == (pre, "")  # dynamic: the preset stays
+    assert fit_to_input(pre, ["N", 3, 224, 200]) == (pre, "")  # not square: the check will say so
+
+
+def test_model_without_metadata_gets_its_input_size_and_flags_still_win(tmp_path, caplog):
+    import logging
+
+    import onnx
+
+    from nbquant.cli import _preprocess, build_parser
+    from nbquant.pipeline import resolve_preprocess
+    model = onnx.parser.parse_model("""
+    <ir_version: 8, opset_import: ["" : 13]>
+    g (float[N, 3, 240, 240] x) => (float[N, 3, 240, 240] y) { y = Relu (x) }
+    """)
+    with caplog.at_level(logging.INFO, logger="nbquant"):
+        pre = resolve_preprocess(model)
+    assert (pre.crop, pre.resize) == (240, 274) and "crop 240, resize 274" in caplog.text
+    assert resolve_preprocess(model, "imagenet").crop == 240  # a preset names the normalisation only
+    args = build_parser().parse_args(["evaluate", "m.onnx", "--crop", "200"])
+    assert (_preprocess(args, model).crop, _preprocess(args, model).resize) == (200, 229)
+    args = build_parser().parse_args(["evaluate", "m.onnx", "--crop", "200", "--resize", "210"])
+    assert _preprocess(args, model).resize == 210
