@@ -27,7 +27,8 @@ from .cpu_probe import probe_int8
 from .datasets import ImageDataset
 from .deploy import make_deploy_model
 from .deploy_target import inexact_kinds_here, target_metadata
-from .errors import ConfigError, NbquantError
+from .errors import ConfigError, NbquantError, stage
+from .evaluation import make_session
 from .evaluators import LogitEvaluator
 from .files import RunPaths, atomic_write_json, atomic_write_text, remove_dir, save_model
 from .image_cache import cache_images
@@ -139,7 +140,9 @@ class _Search:
         start = time.perf_counter()
         quant = {k: v for k, v in self.calibrator.quant_.items() if k not in float_layers}
         build = make_deploy_model if self.judge == "deploy" else make_fake_quant_model
-        model = build(self.prepared.model, quant, self.calibrator.tensor_qparams_, self.calibrator.config.deploy_target)
+        with stage(f"building the {self.judge.replace('_', '-')} model of step {number}", self.prepared.name):
+            model = build(self.prepared.model, quant, self.calibrator.tensor_qparams_,
+                          self.calibrator.config.deploy_target)
         metric = self.evaluate(model, number, float_layers, self.judge)
         ok, loss = self.evaluator.metric_eval(self.record["original_metric"], metric)
         step = {"step": number, "kind": kind, "float_layers": sorted(float_layers), "metric": _jsonable(metric),
@@ -244,8 +247,12 @@ def _run(prepared, eval_data, calib_set, pre, evaluator, settings, calib_setting
     if not ok:
         raise ConfigError(f"metric_eval(original, original) is not ok for original metric {original!r}: "
                           "the evaluator's check rejects even the float model")
-    statistics = collect_statistics(prepared, calib_set, pre, calib_settings, progress)
-    calibrator = Calibrator(config).fit(prepared.model, *statistics)
+    with stage("the calibration pass", prepared.name):
+        statistics = collect_statistics(prepared, calib_set, pre, calib_settings, progress)
+    with stage("calibrating the layers", prepared.name):
+        calibrator = Calibrator(config).fit(prepared.model, *statistics)
+    for model in quantize_models(prepared, calibrator):  # fail before the search, not after it
+        make_session(model)
     judge = _judge(settings, calibrator)
     search = _Search(prepared, calibrator, evaluator, record, paths, temp, settings.max_evals, progress, judge)
     first = search.step(frozenset(), kind="all_int8")
@@ -291,8 +298,9 @@ def _ranking(prepared, calibrator, calib_set, pre, settings, record, paths, prog
         ranking = pd.DataFrame(record["ranking"]["rows"])
     else:
         images = cache_images(calib_set.spread(min(settings.rank_num, len(calib_set))), pre, progress=False)
-        ranking = rank_layers(prepared.model, calibrator.quant_, images, settings.sensitivity, progress,
-                              prepared.table, calibrator.tensor_qparams_)
+        with stage("ranking the layers", prepared.name):
+            ranking = rank_layers(prepared.model, calibrator.quant_, images, settings.sensitivity, progress,
+                                  prepared.table, calibrator.tensor_qparams_)
         record["ranking"] = {"method": settings.sensitivity, "rows": ranking.to_dict(orient="records")}
         save_record(record, paths.record)
     atomic_write_json(paths.ranking, ranking_pairs(ranking))

@@ -321,6 +321,13 @@ def main(argv=None) -> int:
     except NbquantError as exc:
         print(f"nbquant: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    except Exception as exc:  # a bug or an unforeseen model: one line, the traceback with -v
+        if args.verbose:
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0]
+        print(f"nbquant: error: {args.command} failed unexpectedly: {exc.__class__.__name__}: {first} "
+              "(run with -v for the traceback; an auto-calibrate record is kept for --resume)", file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt:
         print("nbquant: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

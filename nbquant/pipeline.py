@@ -18,7 +18,7 @@ from .cpu_probe import probe_int8
 from .datasets import ImageDataset
 from .deploy_target import DeployTarget, resolve_target, weight_max
 from .deploy import make_deploy_model
-from .errors import ConfigError, ModelError
+from .errors import ConfigError, ModelError, stage
 from .evaluation import make_session
 from .files import RunPaths, atomic_write_json, atomic_write_text, read_json, remove_dir, save_model
 from .fusion import fold_batchnorm
@@ -213,10 +213,13 @@ def layer_input(prepared: PreparedModel, name: str) -> str:
 
 
 def quantize_models(prepared: PreparedModel, calibrator: Calibrator):
-    """Fake-quant and deploy models for the calibrator's enabled layers."""
-    target = calibrator.config.deploy_target
-    fake = make_fake_quant_model(prepared.model, calibrator.quant_, calibrator.tensor_qparams_, target)
-    deploy = make_deploy_model(prepared.model, calibrator.quant_, calibrator.tensor_qparams_, target)
+    """Fake-quant and deploy models for the calibrator's enabled layers; a failure names the stage
+    and the node (:class:`~nbquant.errors.StageError`)."""
+    target, outputs = calibrator.config.deploy_target, calibrator.tensor_qparams_
+    with stage("building the fake-quant model", prepared.name):
+        fake = make_fake_quant_model(prepared.model, calibrator.quant_, outputs, target)
+    with stage("building the deploy model", prepared.name):
+        deploy = make_deploy_model(prepared.model, calibrator.quant_, outputs, target)
     return fake, deploy
 
 

@@ -158,3 +158,31 @@ def test_layers_command_lists_layers_and_float_ops(capsys, model_file):
     assert code == 0
     assert "Conv_0" in out and "2 quantizable layers" in out and "1 BatchNormalization nodes folded" in out
     assert "Relu" in out and "absorbed by the next layer" in out
+
+
+def test_model_that_cannot_be_quantized_fails_before_the_search_in_one_line(capsys, model_file, images, tmp_path,
+                                                                          monkeypatch):
+    import nbquant.pipeline
+
+    def broken(*args, **kwargs):
+        raise ValueError("Nodes in a graph must be topologically sorted, however input 'x_dq' of node:\n"
+                         "name: Shape_7 OpType: Shape\n is not output of any previous nodes.")
+    monkeypatch.setattr(nbquant.pipeline, "make_deploy_model", broken)
+    save = tmp_path / "out"
+    code, out, err = run(capsys, "auto-calibrate", model_file, "--data", images, "--save-dir", save,
+                         "--metric", "agreement", "--resize", "8", "--crop", "8", "--calib-num", "4", "--rank-num", "2")
+    assert code == 2
+    errors = [line for line in err.splitlines() if line.startswith("nbquant: error:")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    assert "tiny: building the deploy model failed at node Shape_7: ValueError: Nodes in a graph" in errors[0]
+    assert no_results(save)
+    record = json.loads((save / "log/accuracy_based_auto_calibration_record.json").read_text())
+    assert [s["kind"] for s in record["steps"]] == ["original"]  # no search step ran
+
+
+def test_unforeseen_error_is_one_line_without_verbose(capsys, model_file, images, monkeypatch):
+    import nbquant.pipeline
+    monkeypatch.setattr(nbquant.pipeline, "prepare_model", lambda *a, **k: 1 / 0)
+    code, _, err = run(capsys, "calibrate", model_file, "--data", images, *SMALL)
+    assert code == 2 and err.strip().count("\n") == 0
+    assert "calibrate failed unexpectedly: ZeroDivisionError: division by zero (run with -v" in err
