@@ -23,7 +23,7 @@ from .cpu_probe import probe_int8
 from .datasets import Batch, ImageDataset
 from .deploy_target import TARGET_KEY, inexact_kinds_here
 from .errors import ConfigError, ModelError
-from .preprocess import DEFAULT_PRESET, Preprocess, check_input_shape, get_preset
+from .preprocess import DEFAULT_PRESET, Preprocess, check_input_shape, fit_to_input, get_preset
 
 log = logging.getLogger(__name__)
 
@@ -119,14 +119,16 @@ def run_batches(session: ort.InferenceSession, dataset: ImageDataset, pre: Prepr
 
 
 def _prepare(model: ModelLike, pre: Preprocess | None) -> tuple[ort.InferenceSession, Preprocess]:
-    """Session plus preprocessing (default preset), checked against the model's input."""
-    pre = get_preset(DEFAULT_PRESET) if pre is None else pre
+    """Session plus preprocessing (default: the default preset fitted to the model's input shape),
+    checked against the model's input."""
     session = model if isinstance(model, ort.InferenceSession) else make_session(model)
     inputs = session.get_inputs()
     if len(inputs) != 1:
         raise ModelError(
             f"model {_model_name(model)} has {len(inputs)} inputs; nbquant evaluates "
             "single-input image classifiers")
+    if pre is None:
+        pre = fit_to_input(get_preset(DEFAULT_PRESET), inputs[0].shape)[0]
     check_input_shape(pre, inputs[0].shape, _model_name(model))
     return session, pre
 
