@@ -214,6 +214,7 @@ def auto_calibrate(model, data, *, calib_data=None, evaluator=None, settings: Au
     config = build_config(prepared, calib_settings, config)
     paths = RunPaths(Path(save_dir) if save_dir is not None else Path("runs") / prepared.name, prepared.name)
     run_settings = _settings_dict(model, prepared, eval_data, calib_set, settings, calib_settings, evaluator, config)
+    run_settings["preprocess"] = pre.describe()
     record = _open_record(paths, run_settings, list(config.layers), resume)
     temp = paths.make_temp_dir()
     try:
@@ -227,6 +228,7 @@ def auto_calibrate(model, data, *, calib_data=None, evaluator=None, settings: Au
 def _run(prepared, eval_data, calib_set, pre, evaluator, settings, calib_settings, config, paths, record, temp,
          progress, start) -> AutoCalibrationResult:
     log.info("int8 on this CPU: %s", probe_int8().describe())
+    log.info("preprocessing: %s", pre.describe())
     log.info("auto calibration of %s: %d layers, budget %s %s, strategy %s, sensitivity %s, deploy target %s, "
              "save dir %s", prepared.name, len(config.layers), settings.max_drop,
              "relative" if settings.relative else "absolute", settings.strategy, settings.sensitivity,

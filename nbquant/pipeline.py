@@ -241,6 +241,7 @@ def calibrate(model, data, save_dir=None, settings: CalibrationSettings | None =
     paths = RunPaths(Path(save_dir), prepared.name) if save_dir is not None else None
     with _maybe_log(paths):
         log.info("int8 on this CPU: %s", probe_int8().describe())
+        log.info("preprocessing: %s", pre.describe())
         log.info("calibrating %s: %d layers, %d images from %s, activations %s%s, weights %s, deploy target %s%s",
                  prepared.name, len(prepared.layers), len(calib), dataset.root, settings.act_method.value,
                  " symmetric" if settings.symmetric else "", "per channel" if settings.per_channel else "per tensor",

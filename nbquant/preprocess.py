@@ -94,6 +94,19 @@ class Preprocess:
         ):
             object.__setattr__(self, name, _to_enum(name, getattr(self, name), enum))
 
+    def describe(self) -> str:
+        """One line for logs and records.
+
+        >>> Preprocess().describe()
+        'resize 256 (round, bilinear), crop 224, RGB NCHW, (x * 0.00392 - 0.498) / 0.502'
+        """
+        mean = ",".join(f"{m:g}" for m in sorted(set(self.mean))) if len(set(self.mean)) == 1 else \
+            ",".join(f"{m:g}" for m in self.mean)
+        std = ",".join(f"{v:g}" for v in sorted(set(self.std))) if len(set(self.std)) == 1 else \
+            ",".join(f"{v:g}" for v in self.std)
+        return (f"resize {self.resize} ({self.resize_rounding.value}, {self.interpolation.value}), crop {self.crop}, "
+                f"{self.channel_order.value} {self.layout.value}, (x * {self.scale:.3g} - {mean}) / {std}")
+
     @property
     def output_shape(self) -> tuple[int, int, int]:
         """Shape of one preprocessed image: (C, H, W) for NCHW, (H, W, C) for NHWC."""

@@ -22,6 +22,7 @@ def test_run_folder_holds_every_file(real_calibration):
     assert not list(paths.save_dir.glob("temp*")), "the temp folder is removed at the end"
     log = paths.log_file.read_text()
     assert "calibrating efficientnet_lite0" in log and "[nbquant]:" in log
+    assert "preprocessing: resize 256 (round, bilinear), crop 224, RGB NCHW" in log and "int8 flags:" in log
 
 
 def test_models_keep_io_names_and_pass_checker(real_calibration, real_model_path):
