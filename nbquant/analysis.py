@@ -14,20 +14,20 @@ from .errors import ConfigError
 from .evaluation import evaluate, make_session
 from .numerics import INT8, UINT8
 
-KINDS = ("conv", "depthwise", "pointwise", "Gemm", "MatMul", "ConvTranspose")
 WHY_COLUMNS = {"act_sqnr_db": "low activation SQNR", "clipped_fraction": "many values clipped",
                "outlier_ratio": "outliers far beyond the clip range",
                "weight_scale_spread": "wide spread of per-channel weight scales"}
 
 
 def layer_kind(op: str, depthwise: bool = False, weight_shape=None) -> str:
-    """'depthwise', 'pointwise' (1x1 Conv), 'conv', or the op name for the other layer types.
+    """The kernel kind (``graph.kernel_kind``'s names) from what a ranking or layer table holds:
+    'depthwise', 'pointwise' (1x1 Conv), 'conv', 'gemm', 'matmul', 'conv_transpose'.
 
     >>> layer_kind("Conv", False, [16, 32, 1, 1]), layer_kind("Conv", True), layer_kind("Gemm")
-    ('pointwise', 'depthwise', 'Gemm')
+    ('pointwise', 'depthwise', 'gemm')
     """
     if op != "Conv":
-        return op
+        return {"ConvTranspose": "conv_transpose"}.get(op, op.lower())
     if depthwise:
         return "depthwise"
     if isinstance(weight_shape, (list, tuple)) and len(weight_shape) > 2 and all(k == 1 for k in weight_shape[2:]):
@@ -36,7 +36,10 @@ def layer_kind(op: str, depthwise: bool = False, weight_shape=None) -> str:
 
 
 def layer_kinds(frame: pd.DataFrame) -> pd.Series:
-    """``layer_kind`` of every row of a frame with op and (when present) depthwise, weight_shape."""
+    """The ``kind`` column of a layer table, else ``layer_kind`` of every row (op and, when
+    present, depthwise and weight_shape)."""
+    if "kind" in frame:
+        return frame["kind"].rename("kind")
     depthwise = frame["depthwise"] if "depthwise" in frame else pd.Series(False, index=frame.index)
     shapes = frame["weight_shape"] if "weight_shape" in frame else pd.Series(None, index=frame.index)
     return pd.Series([layer_kind(op, bool(d), s) for op, d, s in zip(frame["op"], depthwise.fillna(False), shapes)],

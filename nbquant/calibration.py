@@ -29,7 +29,7 @@ ACTIVATION_OPS = ("Clip", "Relu")
 
 @dataclass(frozen=True)
 class LayerQuant:
-    """The quantization of one enabled layer: its input activation, its weight params and
+    """The quantization of one layer: its input activation, its weight params and
     integer weights (both models use these integers), and its bias when bias correction
     changed it (None: the model's own bias is used)."""
 
@@ -40,11 +40,6 @@ class LayerQuant:
     clip: tuple[float, float]
     bias: np.ndarray | None = None
     rounding: str = "nearest"  # nearest, or gptq(damping) as weight_rounding.choose_rounding chose
-
-    @property
-    def weight_dequantized(self) -> np.ndarray:
-        """The float weights the quantized layer computes with."""
-        return dequantize(self.weight_q, self.weight, self.layer.weight_axis)
 
 
 def post_layer_tensor(model: onnx.ModelProto, layer: Layer) -> str:
@@ -136,8 +131,9 @@ class Calibrator:
     def _select(self) -> "Calibrator":
         """``quant_`` and ``table_`` for the config's enabled layers."""
         self.quant_ = {name: lq for name, lq in self.layer_quant_.items() if self.config.layers[name].enabled}
-        self.table_ = pd.DataFrame([_table_row(lq.layer, self.config.layers[name], lq, self.observers_[lq.layer.input],
-                                               self._values) for name, lq in self.layer_quant_.items()])
+        self.table_ = pd.DataFrame([
+            _table_row(lq.layer, self.config.layers[name], lq, self.observers_[lq.layer.input], self._values)
+            for name, lq in self.layer_quant_.items()])
         return self
 
     def with_config(self, config: QuantConfig) -> "Calibrator":
@@ -145,7 +141,8 @@ class Calibrator:
         enabled: nothing is recomputed (the scales and integer weights do not depend on it)."""
         for name, layer in config.layers.items():
             if replace(layer, enabled=True) != replace(self.config.layers[name], enabled=True):
-                raise ConfigError(f"with_config: layer {name!r} differs in more than quant_enable; fit a new Calibrator")
+                raise ConfigError(f"with_config: layer {name!r} differs in more than quant_enable; "
+                                  "fit a new Calibrator")
         copy = Calibrator(config)
         copy.__dict__.update({k: v for k, v in self.__dict__.items() if k != "config"})
         return copy._select()

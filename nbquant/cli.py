@@ -30,7 +30,8 @@ def _data_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--preset", default=None,
                        help="preprocessing preset: half ((x-0.498)/0.502), imagenet (torchvision mean/std), "
                             "inception; default: the model's metadata, else half")
-    group.add_argument("--resize", type=int, help="resize the short side to this many pixels (default: crop / 0.875)")
+    group.add_argument("--resize", type=int,
+                       help="resize the short side to this many pixels (default: crop / 0.875)")
     group.add_argument("--crop", type=int, help="center crop size (default: the model's input size)")
     group.add_argument("--layout", choices=["nchw", "nhwc"], help="input layout")
     group.add_argument("--batch-size", type=int, default=32, help="images per inference batch (default 32)")
@@ -70,10 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--samples", default=None, help="write the per-image results to this CSV file")
 
     cpu = sub.add_parser("cpu", help="this CPU's int8 flags and whether onnxruntime computes int8 exactly here",
-                         description="Run tiny int8 models of each kernel kind (about a second) and print, per "
-                                     "kind, the fused onnxruntime kernel and its error in output steps with full-range "
-                                     "(|q| <= 127) and pair-safe (|q| <= 64) weights, and the deploy target auto picks.")
-    cpu.set_defaults(model=None)
+                         description="Run tiny int8 models of each kernel kind (under a second) and print, per "
+                                     "kind, the fused onnxruntime kernel and its error in output steps with "
+                                     "full-range (|q| <= 127) and pair-safe (|q| <= 64) weights, and the deploy "
+                                     "target auto picks.")
 
     lay = sub.add_parser("layers", help="list the quantizable layers and the ops left in float",
                          description="Print the layers nbquant quantizes (after naming nodes and folding BN) "
@@ -194,7 +195,7 @@ def cmd_layers(args) -> int:
     from .graph import float_op_table
     from .pipeline import prepare_model
     prepared = prepare_model(_model_path(args))
-    table = prepared.table[["layer", "op", "input_shape", "weight_shape", "params", "macs", "depthwise"]]
+    table = prepared.table[["layer", "kind", "input_shape", "weight_shape", "params", "macs"]]
     print(table.to_string(index=False, max_colwidth=40))
     print(f"\n{len(table)} quantizable layers, {table['macs'].sum() / 1e6:.1f} M MACs")
     if prepared.renamed:

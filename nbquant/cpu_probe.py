@@ -98,14 +98,15 @@ class Int8Report:
         if self.exact:
             return "full-range int8 exact"
         worst = ", ".join(f"{c.probe} {c.steps_full:g}" for c in self.checks if not c.exact)
-        return f"full-range int8 INEXACT (output steps off: {worst}); pair-safe weights |q| <= 64 exact" \
-            if all(c.steps_pair_safe == 0 for c in self.checks) else \
-            f"int8 INEXACT even with |q| <= 64 ({worst})"
+        if any(c.steps_pair_safe for c in self.checks):
+            return f"int8 INEXACT even with |q| <= 64 ({worst})"
+        return f"full-range int8 INEXACT (output steps off: {worst}); pair-safe weights |q| <= 64 exact"
 
     def describe(self) -> str:
         """One line: the CPU, its int8 flags and the probe's verdict, for logs and benchmark headers."""
-        return (f"{self.processor or self.machine} ({self.machine}), int8 flags: {' '.join(self.flags) or 'none found'}, "
-                f"onnxruntime {self.onnxruntime}: {self.verdict}")
+        flags = " ".join(self.flags) or "none found"
+        cpu = f"{self.processor or self.machine} ({self.machine})"
+        return f"{cpu}, int8 flags: {flags}, onnxruntime {self.onnxruntime}: {self.verdict}"
 
     @property
     def table(self) -> pd.DataFrame:

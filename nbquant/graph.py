@@ -163,7 +163,7 @@ def layer_table(model: onnx.ModelProto) -> pd.DataFrame:
         group = _attr(nodes[layer.name], "group", 1)
         out_shape = shapes.get(layer.output)
         rows.append({
-            "layer": layer.name, "op": layer.op,
+            "layer": layer.name, "op": layer.op, "kind": layer.kind,
             "input": layer.input, "weight": layer.weight, "bias": layer.bias, "output": layer.output,
             "input_shape": shapes.get(layer.input), "weight_shape": list(weight.shape),
             "output_shape": out_shape,
@@ -172,7 +172,7 @@ def layer_table(model: onnx.ModelProto) -> pd.DataFrame:
             "depthwise": bool(layer.op == "Conv" and group > 1 and weight.shape[1] == 1),
         })
     return pd.DataFrame(rows, columns=[
-        "layer", "op", "input", "weight", "bias", "output", "input_shape", "weight_shape",
+        "layer", "op", "kind", "input", "weight", "bias", "output", "input_shape", "weight_shape",
         "output_shape", "params", "macs", "depthwise"])
 
 

@@ -60,7 +60,8 @@ class GraphEdit:
                                                **kwargs))
         return f"{prefix}_dequantized"
 
-    def finish(self, drop_initializers: set[str] = frozenset(), metadata: dict[str, str] | None = None) -> onnx.ModelProto:
+    def finish(self, drop_initializers: set[str] = frozenset(),
+               metadata: dict[str, str] | None = None) -> onnx.ModelProto:
         """Apply the edit: nodes in topological order, unused initializers dropped, metadata
         added, model checked."""
         graph = self.model.graph

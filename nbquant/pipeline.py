@@ -16,8 +16,8 @@ from .calibration import Calibrator, observe, observed_tensors, with_outputs
 from .config import ActivationQuant, ActMethod, QuantConfig, WeightRounding, config_from_dict, config_to_dict
 from .cpu_probe import probe_int8
 from .datasets import ImageDataset
-from .deploy_target import DeployTarget, resolve_target, weight_max
 from .deploy import make_deploy_model
+from .deploy_target import DeployTarget, resolve_target, weight_max
 from .errors import ConfigError, ModelError, stage
 from .evaluation import make_session
 from .files import RunPaths, atomic_write_json, atomic_write_text, read_json, remove_dir, save_model

@@ -11,8 +11,8 @@ import pandas as pd
 from .analysis import clip_ranges, layer_kinds, rank_correlation
 from .errors import ConfigError
 
-KIND_COLORS = {"conv": "#7f7f7f", "depthwise": "#1f77b4", "pointwise": "#ff7f0e", "Gemm": "#2ca02c",
-               "MatMul": "#9467bd", "ConvTranspose": "#8c564b"}
+KIND_COLORS = {"conv": "#7f7f7f", "depthwise": "#1f77b4", "pointwise": "#ff7f0e", "grouped": "#17becf",
+               "gemm": "#2ca02c", "matmul": "#9467bd", "conv_transpose": "#8c564b"}
 METHOD_COLORS = {"minmax": "#d62728", "percentile": "#9467bd", "mse": "#2ca02c", "kl": "#ff7f0e"}
 
 

@@ -135,7 +135,8 @@ def test_full_range_model_warns_once_where_this_cpu_is_inexact(monkeypatch, capl
     with caplog.at_level(logging.WARNING, logger="nbquant"):
         make_session(deploy)
         make_session(deploy)
-        make_session(make_fake_quant_model(model, cal.quant_, cal.tensor_qparams_, DeployTarget.FULL))  # simulated: exact anyway
+        # a fake-quant model is simulated, exact anyway: no warning
+        make_session(make_fake_quant_model(model, cal.quant_, cal.tensor_qparams_, DeployTarget.FULL))
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1, warnings
     assert "full_range_test_model" in warnings[0] and "conv layers" in warnings[0]

@@ -26,8 +26,9 @@ def ranking(scores, metric="output"):
 
 
 def test_layer_kinds_tell_depthwise_pointwise_conv_and_gemm():
-    assert analysis.layer_kinds(TABLE).tolist() == ["conv", "depthwise", "pointwise", "Gemm"]
-    assert analysis.layer_kinds(TABLE.drop(columns=["weight_shape"])).tolist() == ["conv", "depthwise", "conv", "Gemm"]
+    assert analysis.layer_kinds(TABLE).tolist() == ["conv", "depthwise", "pointwise", "gemm"]
+    assert analysis.layer_kinds(TABLE.drop(columns=["weight_shape"])).tolist() == ["conv", "depthwise", "conv", "gemm"]
+    assert analysis.layer_kinds(TABLE.assign(kind=["a", "b", "c", "d"])).tolist() == ["a", "b", "c", "d"]
 
 
 def test_sensitivity_bars_in_graph_order_colored_by_kind(tmp_path):
