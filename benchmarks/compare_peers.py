@@ -70,7 +70,7 @@ def prepare_data(model: Path, data_dir: Path, work: Path, calib_num: int, eval_n
     proto = onnx.load(str(model))
     want = {"model": str(model.resolve()), "model_sha256": hashlib.sha256(model.read_bytes()).hexdigest(),
             "data": str(data_dir.resolve()), "calib_num": calib_num, "eval_num": len(dataset),
-            "input_name": proto.graph.input[0].name}
+            "input_name": proto.graph.input[0].name, "calib_images": "spread"}
     meta_path = folder / "meta.json"
     if meta_path.is_file() and json.loads(meta_path.read_text()) == want:
         return want
@@ -79,12 +79,14 @@ def prepare_data(model: Path, data_dir: Path, work: Path, calib_num: int, eval_n
     pre = resolve_preprocess(proto)
     log(f"decoding {len(dataset)} images with {pre} into {folder}")
     start = time.perf_counter()
-    cached = cache_images(dataset, pre, folder / "eval.npy", progress=False)
+    cached = cache_images(dataset, pre, progress=False)
+    np.save(folder / "eval.npy", cached.images)
     write_json(folder / "decode.json", {"images": len(dataset), "seconds": round(time.perf_counter() - start, 1)})
     if len(cached) != len(dataset):
         raise SystemExit(f"compare_peers: {len(dataset) - len(cached)} images could not be decoded")
     np.save(folder / "labels.npy", cached.labels)
-    np.save(folder / "calib.npy", np.asarray(cached.images[:calib_num]))
+    spread = (np.arange(calib_num) * len(cached)) // calib_num  # the images nbquant calibrates on (spread)
+    np.save(folder / "calib.npy", cached.subset(spread).images)
     write_json(meta_path, want)
     return want
 

@@ -57,8 +57,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         evaluation = data.subset(min(args.limit, len(data)))
-        cached = cache_images(evaluation, pre, tmp / "images.npy", progress=False)
-        del cached
+        np.save(tmp / "images.npy", cache_images(evaluation, pre, progress=False).images)
         print(f"{'target':9s} {'native top-1':>12s} {'AVX2 top-1':>10s} {'identical':>9s} {'emulated s':>10s}")
         for target in ("full", "portable"):
             run = calibrate(model_path, data, tmp / target, CalibrationSettings(deploy_target=target), progress=False)

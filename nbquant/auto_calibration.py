@@ -234,7 +234,7 @@ def _run(prepared, eval_data, calib_set, pre, evaluator, settings, calib_setting
              "relative" if settings.relative else "absolute", settings.strategy, settings.sensitivity,
              config.deploy_target.value, paths.save_dir)
     if isinstance(evaluator, LogitEvaluator):
-        evaluator.prepare(prepared.model, pre, temp / "evaluation_images.npy", progress)
+        evaluator.prepare(prepared.model, pre, temp / "evaluation_pixels.u8", progress)
     if record["original_metric"] is None:
         original_model = prepared.model
         if not isinstance(evaluator, LogitEvaluator):

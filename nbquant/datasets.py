@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import DataError
-from .preprocess import Preprocess, preprocess_image
+from .preprocess import Preprocess, crop_pixels, preprocess_image
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,8 @@ class ImageNetClass(NamedTuple):
 
 
 class Batch(NamedTuple):
-    """One decoded batch: images [B, ...] float32, labels [B] int64, source files."""
+    """One decoded batch: images [B, ...] float32 (or uint8 pixels [B, H, W, 3]), labels [B] int64,
+    source files."""
 
     images: np.ndarray
     labels: np.ndarray
@@ -132,11 +133,12 @@ def _scan_imagenet(root: Path) -> tuple[list[Path], list[int], list[str]]:
     return files, labels, [c.name for c in load_class_names()]
 
 
-def _decode(path: Path, pre: Preprocess) -> np.ndarray | None:
-    """Preprocessed image, or None (with a warning naming the file) when it cannot be decoded."""
+def _decode(path: Path, pre: Preprocess, pixels: bool = False) -> np.ndarray | None:
+    """Preprocessed image (uint8 cropped pixels when ``pixels``), or None (with a warning naming the
+    file) when it cannot be decoded."""
     try:
         with Image.open(path) as img:
-            return preprocess_image(img, pre)
+            return crop_pixels(img, pre) if pixels else preprocess_image(img, pre)
     except _DECODE_ERRORS as exc:
         logger.warning("skipping %s: cannot decode image (%s)", path, exc)
         return None
@@ -247,19 +249,21 @@ class ImageDataset:
                  self.class_names)
         return sub
 
-    def iter_batches(self, pre: Preprocess, batch_size: int = 32) -> Iterator[Batch]:
+    def iter_batches(self, pre: Preprocess, batch_size: int = 32, pixels: bool = False) -> Iterator[Batch]:
         """Yield preprocessed batches in file order; the next batch decodes while one is used.
 
-        Undecodable files are left out (warning logged, path added to ``skipped``).
+        ``pixels``: uint8 cropped pixels [B, H, W, 3] instead of model inputs (see
+        ``preprocess.normalize``). Undecodable files are left out (warning logged, path added to
+        ``skipped``).
         """
         batch_size = _check_count("batch_size", batch_size)
         starts = range(0, len(self), batch_size)
         decoded = 0
         with ThreadPoolExecutor(_decode_threads(), thread_name_prefix="nbquant-decode") as pool:
-            pending = self._submit(pool, pre, 0, batch_size)
+            pending = self._submit(pool, pre, 0, batch_size, pixels)
             for start in starts:
                 arrays = [f.result() for f in pending]
-                pending = self._submit(pool, pre, start + batch_size, batch_size)
+                pending = self._submit(pool, pre, start + batch_size, batch_size, pixels)
                 batch = self._make_batch(start, arrays)
                 if batch is not None:
                     decoded += len(batch.files)
@@ -267,8 +271,8 @@ class ImageDataset:
         if decoded == 0:
             raise DataError(f"none of the {len(self)} images in {self.root} could be decoded")
 
-    def _submit(self, pool: ThreadPoolExecutor, pre: Preprocess, start: int, size: int) -> list:
-        return [pool.submit(_decode, path, pre) for path in self.files[start:start + size]]
+    def _submit(self, pool: ThreadPoolExecutor, pre: Preprocess, start: int, size: int, pixels: bool) -> list:
+        return [pool.submit(_decode, path, pre, pixels) for path in self.files[start:start + size]]
 
     def _make_batch(self, start: int, arrays: list[np.ndarray | None]) -> Batch | None:
         """Stack the decoded arrays of the batch at ``start``; record the failed ones."""

@@ -1,48 +1,91 @@
-"""Preprocessed images kept on disk (a numpy memmap), so repeated evaluations skip JPEG decoding."""
+"""Decoded images kept on disk as uint8 pixels, so repeated evaluations skip JPEG decoding while
+memory stays flat in the number of images.
+
+A cache holds each image's resized, center-cropped RGB pixels (crop x crop x 3 bytes: 150 KB at
+224, a quarter of the float32 model input); batches are read from the file with plain reads (no
+memory map, whose pages would stay resident) and normalized on the fly, exactly as
+``preprocess_image`` does. Without a path the pixels stay in memory.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from .datasets import ImageDataset
-from .preprocess import Preprocess
+from .preprocess import Preprocess, normalize
 
 
 @dataclass
 class CachedImages:
-    """Decoded, preprocessed images [N, ...] (memory-mapped) with their labels and file names."""
+    """Decoded images with their labels and file names; ``batches`` yields model inputs."""
 
-    images: np.ndarray
+    pre: Preprocess
     labels: np.ndarray
     files: list[str]
+    path: Path | None = None
+    pixels: np.ndarray | None = field(default=None, repr=False)  # in memory when there is no path
+    offset: int = 0  # bytes before the first image in ``path``
 
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def image_bytes(self) -> int:
+        return self.pre.crop * self.pre.crop * 3
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """uint8 pixels [stop - start, H, W, 3] of images start..stop-1."""
+        stop = min(stop, len(self))
+        shape = (stop - start, self.pre.crop, self.pre.crop, 3)
+        if self.path is None:
+            return self.pixels[start:stop]
+        with open(self.path, "rb") as handle:
+            handle.seek(self.offset + start * self.image_bytes)
+            return np.fromfile(handle, np.uint8, count=int(np.prod(shape))).reshape(shape)
+
     def batches(self, batch_size: int):
-        """Contiguous batches of images, in order."""
+        """Model inputs in order, ``batch_size`` images at a time."""
         for start in range(0, len(self), batch_size):
-            yield np.ascontiguousarray(self.images[start:start + batch_size])
+            yield normalize(self.read(start, start + batch_size), self.pre)
+
+    @property
+    def images(self) -> np.ndarray:
+        """Every model input at once (float32, 4x the cache's size in memory; prefer ``batches``)."""
+        return normalize(self.read(0, len(self)), self.pre)
+
+    def subset(self, indices) -> "CachedImages":
+        """The images at ``indices`` (in that order), in memory."""
+        indices = np.asarray(indices, dtype=np.int64)
+        pixels = np.stack([self.read(i, i + 1)[0] for i in indices]) if len(indices) else \
+            np.empty((0, self.pre.crop, self.pre.crop, 3), np.uint8)
+        return CachedImages(self.pre, self.labels[indices], [self.files[i] for i in indices], pixels=pixels)
 
 
 def cache_images(dataset: ImageDataset, pre: Preprocess, path: Path | None = None, batch_size: int = 32,
                  progress: bool = True, desc: str = "decode images") -> CachedImages:
-    """Decode ``dataset`` once into a float32 memmap at ``path`` (in memory when None).
-
-    Undecodable files are skipped (``dataset.iter_batches`` warns about them).
-    """
-    shape = (len(dataset), *pre.output_shape)
-    store = (np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
-             if path is not None else np.empty(shape, np.float32))
-    labels, files, filled = [], [], 0
+    """Decode ``dataset`` once into uint8 pixels: into the file ``path`` (streamed, so memory does
+    not grow with the images) or in memory when None. Undecodable files are skipped
+    (``dataset.iter_batches`` warns about them)."""
+    labels, files, chunks = [], [], []
     total = -(-len(dataset) // batch_size)
-    for batch in tqdm(dataset.iter_batches(pre, batch_size), total=total, desc=desc, disable=not progress):
-        store[filled:filled + len(batch.files)] = batch.images
-        filled += len(batch.files)
-        labels.append(batch.labels)
-        files += [p.name for p in batch.files]
-    return CachedImages(store[:filled], np.concatenate(labels), files)
+    batches = tqdm(dataset.iter_batches(pre, batch_size, pixels=True), total=total, desc=desc, disable=not progress)
+    handle = open(path, "wb") if path is not None else None
+    try:
+        for batch in batches:
+            if handle is not None:
+                handle.write(np.ascontiguousarray(batch.images, np.uint8).tobytes())
+            else:
+                chunks.append(batch.images)
+            labels.append(batch.labels)
+            files += [p.name for p in batch.files]
+    finally:
+        if handle is not None:
+            handle.close()
+    labels = np.concatenate(labels) if labels else np.empty(0, np.int64)
+    if path is not None:
+        return CachedImages(pre, labels, files, Path(path))
+    return CachedImages(pre, labels, files, pixels=np.concatenate(chunks))

@@ -200,17 +200,26 @@ def preprocess_image(img: Image.Image, pre: Preprocess) -> np.ndarray:
     Example: a 4x4 pure-red image with resize=crop=2, scale=1/255, mean 0.5, std 0.5
     gives channel R = (1 - 0.5) / 0.5 = 1.0 and channels G, B = (0 - 0.5) / 0.5 = -1.0.
     """
-    img = img.convert("RGB")
-    img = resize_short_side(img, pre.resize, pre.interpolation, pre.resize_rounding)
-    img = center_crop(img, pre.crop)
-    arr = np.asarray(img, dtype=np.float32)  # HWC, RGB
+    return normalize(crop_pixels(img, pre), pre)
+
+
+def crop_pixels(img: Image.Image, pre: Preprocess) -> np.ndarray:
+    """The resized, center-cropped RGB pixels as uint8 [crop, crop, 3]: 4x smaller to keep than
+    the model input, which :func:`normalize` computes from them exactly."""
+    img = resize_short_side(img.convert("RGB"), pre.resize, pre.interpolation, pre.resize_rounding)
+    return np.asarray(center_crop(img, pre.crop), dtype=np.uint8)
+
+
+def normalize(pixels: np.ndarray, pre: Preprocess) -> np.ndarray:
+    """uint8 RGB pixels [..., H, W, 3] to the model input: channel order, scale, mean/std, layout."""
+    arr = pixels.astype(np.float32)
     if pre.channel_order is ChannelOrder.BGR:
-        arr = arr[:, :, ::-1]
+        arr = arr[..., ::-1]
     arr = arr * np.float32(pre.scale)
     arr -= np.asarray(pre.mean, dtype=np.float32)
     arr /= np.asarray(pre.std, dtype=np.float32)
     if pre.layout is Layout.NCHW:
-        arr = arr.transpose(2, 0, 1)
+        arr = np.moveaxis(arr, -1, -3)
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 

@@ -173,3 +173,20 @@ def test_real_data_is_imagenet_layout(real_data):
     assert real_data.layout is DatasetLayout.IMAGENET
     assert len(real_data) == 1000
     assert real_data.labels.tolist() == list(range(1000))
+
+
+def test_pixel_cache_gives_the_model_inputs_exactly_from_a_quarter_of_the_bytes(imagenet_dir, tmp_path):
+    from dataclasses import replace
+
+    from nbquant.image_cache import cache_images
+    data = ImageDataset(imagenet_dir)
+    for pre in (PRE, replace(PRE, layout="NHWC", channel_order="BGR")):
+        expected = np.concatenate([b.images for b in data.iter_batches(pre, batch_size=2)])
+        on_disk = cache_images(data, pre, tmp_path / "cache.u8", progress=False)
+        in_memory = cache_images(data, pre, progress=False)
+        assert (tmp_path / "cache.u8").stat().st_size == expected.size == 4 * expected.nbytes // 16
+        for cached in (on_disk, in_memory):
+            assert np.array_equal(np.concatenate(list(cached.batches(2))), expected)
+            assert np.array_equal(cached.images, expected) and cached.labels.tolist() == [0, 1, 999]
+        picked = on_disk.subset([2, 0])
+        assert np.array_equal(picked.images, expected[[2, 0]]) and picked.files == [on_disk.files[2], on_disk.files[0]]
