@@ -61,6 +61,7 @@ class AutoSettings:
     rank_num: int = 32
     metric: str | None = None  # built-in evaluator: top1 when labeled, else agreement
     check_deploy: bool = True  # judge the deploy model (where this CPU runs it exactly); False: the simulation
+    early_decisions: bool = True  # stop an evaluation once it cannot meet the budget (top1, agreement)
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -101,9 +102,15 @@ class AutoCalibrationResult:
         return len(self.history)
 
     @property
+    def images_evaluated(self) -> int:
+        """Images run through a model over the whole search (the float model included); an early
+        decision counts the images it used."""
+        return int(self.history["images"].fillna(0).sum())
+
+    @property
     def deploy_evaluations(self) -> int:
         """Deploy models the search evaluated (every step, where it judged deploy models)."""
-        return int(self.history["deploy_metric"].notna().sum())
+        return int((self.history["judged"] == "deploy").sum())
 
     def __repr__(self) -> str:
         n = len(self.ranking)
@@ -120,10 +127,11 @@ class _Search:
     or a full-range target on a CPU that cannot run it exactly).
     """
 
-    def __init__(self, prepared, calibrator, evaluator, record, paths, temp, max_evals, progress, judge: str):
+    def __init__(self, prepared, calibrator, evaluator, record, paths, temp, max_evals, progress, judge: str,
+                 early: bool):
         self.prepared, self.calibrator, self.evaluator = prepared, calibrator, evaluator
         self.record, self.paths, self.temp, self.max_evals = record, paths, temp, max_evals
-        self.judge = judge
+        self.judge, self.early = judge, early
         self.cache = {frozenset(s["float_layers"]): s for s in record["steps"] if s["kind"] != "original"}
         self.bar = tqdm(total=max_evals, desc="auto-calibrate", unit="eval", disable=not progress)
         self.bar.update(min(len(record["steps"]), max_evals))
@@ -143,28 +151,41 @@ class _Search:
         with stage(f"building the {self.judge.replace('_', '-')} model of step {number}", self.prepared.name):
             model = build(self.prepared.model, quant, self.calibrator.tensor_qparams_,
                           self.calibrator.config.deploy_target)
-        metric = self.evaluate(model, number, float_layers, self.judge)
-        ok, loss = self.evaluator.metric_eval(self.record["original_metric"], metric)
+        metric, images, bound = self.evaluate(model, number, float_layers, self.judge)
+        if metric is None:  # proved to miss the budget before the last image
+            ok, loss = False, None
+        else:
+            ok, loss = self.evaluator.metric_eval(self.record["original_metric"], metric)
         step = {"step": number, "kind": kind, "float_layers": sorted(float_layers), "metric": _jsonable(metric),
-                "loss": float(loss), "ok": bool(ok), "judged": self.judge}
+                "loss": None if loss is None else float(loss), "ok": bool(ok), "judged": self.judge,
+                "images": images, "decided_early": metric is None,
+                "metric_upper": bound if metric is None else None}
         if self.judge == "deploy":
             step.update(deploy_metric=step["metric"], deploy_loss=step["loss"])
         step["seconds"] = round(time.perf_counter() - start, 3)
         self.record["steps"].append(step)
         save_record(self.record, self.paths.record)
         self.cache[float_layers] = step
-        log.info("step %d: %d of %d layers in float, %s model metric %s, loss %.5f, %s", number, len(float_layers),
-                 len(self.calibrator.quant_), self.judge.replace("_", "-"), metric, loss,
-                 "ok" if step["ok"] else "not ok")
+        outcome = (f"metric {metric}, loss {loss:.5f}, {'ok' if ok else 'not ok'}" if metric is not None else
+                   f"not ok, decided after {images} images")
+        log.info("step %d: %d of %d layers in float, %s model %s", number, len(float_layers),
+                 len(self.calibrator.quant_), self.judge.replace("_", "-"), outcome)
         self.bar.update(1)
-        self.bar.set_postfix(step=number, float=len(float_layers), metric=f"{metric}", loss=f"{loss:.4f}")
+        self.bar.set_postfix(step=number, float=len(float_layers), metric=f"{metric}", ok=ok)
         return step
 
-    def evaluate(self, model, number: int, float_layers, which: str = "fake_quant") -> object:
+    def evaluate(self, model, number: int, float_layers, which: str = "fake_quant") -> tuple:
+        """(metric, images used, upper bound); the metric is None when the configuration was decided
+        early to fail, and the bound is the best it could still have reached."""
         where = f"step {number} ({len(float_layers)} layers in float, {which.replace('_', '-')} model)"
+        images = None
         try:
-            if isinstance(self.evaluator, LogitEvaluator):
-                metric = self.evaluator.evaluate(model)
+            if isinstance(self.evaluator, LogitEvaluator) and self.early and self.evaluator.decides_early:
+                metric, images, bound = self.evaluator.decide(model, self.record["original_metric"])
+                if metric is None:
+                    return None, images, bound
+            elif isinstance(self.evaluator, LogitEvaluator):
+                metric, images = self.evaluator.evaluate(model), len(self.evaluator.images_)
             else:
                 path = self.temp / f"step_{number}_{which}_model.onnx"
                 save_model(model, path)
@@ -178,7 +199,7 @@ class _Search:
         if metric is None or (isinstance(metric, float) and math.isnan(metric)):
             raise EvaluatorError(f"the evaluator returned {metric!r} at {where}; the record {self.paths.record} "
                                  "is kept")
-        return metric
+        return metric, images, metric
 
     def best_passing(self) -> frozenset | None:
         """The passing configuration with the fewest float layers (then the smallest loss)."""
@@ -240,8 +261,10 @@ def _run(prepared, eval_data, calib_set, pre, evaluator, settings, calib_setting
         if not isinstance(evaluator, LogitEvaluator):
             original_model = str(save_model(prepared.model, temp / "original_model.onnx"))
         record["original_metric"] = _jsonable(evaluator.evaluate(original_model))
+        images = len(evaluator.images_) if isinstance(evaluator, LogitEvaluator) else None
         record["steps"].append({"step": 0, "kind": "original", "float_layers": list(config.layers),
-                                "metric": record["original_metric"], "loss": 0.0, "ok": True, "seconds": 0.0})
+                                "metric": record["original_metric"], "loss": 0.0, "ok": True, "seconds": 0.0,
+                                "images": images})
         save_record(record, paths.record)
     original = record["original_metric"]
     log.info("Accuracy of original model is %s", original)
@@ -256,9 +279,11 @@ def _run(prepared, eval_data, calib_set, pre, evaluator, settings, calib_setting
     for model in quantize_models(prepared, calibrator):  # fail before the search, not after it
         make_session(model)
     judge = _judge(settings, calibrator)
-    search = _Search(prepared, calibrator, evaluator, record, paths, temp, settings.max_evals, progress, judge)
+    search = _Search(prepared, calibrator, evaluator, record, paths, temp, settings.max_evals, progress, judge,
+                     settings.early_decisions)
     first = search.step(frozenset(), kind="all_int8")
-    log.info("Accuracy of global quantized model is %s", first["metric"])
+    log.info("Accuracy of global quantized model is %s", first["metric"] if first["metric"] is not None
+             else f"below the target (decided after {first['images']} images)")
     ranking = _ranking(prepared, calibrator, calib_set, pre, settings, record, paths, progress)
     final = frozenset() if first["ok"] else _search(search, settings.strategy, list(ranking["layer"]))
     search.bar.close()

@@ -266,9 +266,10 @@ def cmd_auto_calibrate(args) -> int:
     print(f"\n{result.message}")
     if result.ok:
         print(f"deploy model metric (onnxruntime integer kernels): {result.deploy_metric}")
-    judged = "deploy" if result.deploy_evaluations >= result.evaluations - 1 else "fake-quant"
+    judged = "deploy" if result.deploy_evaluations else "fake-quant"
+    early = int(result.history["decided_early"].fillna(False).astype(bool).sum())
     print(f"{result.evaluations} evaluations (float model included), configurations judged on their {judged} "
-          f"models, {result.seconds:.1f} s")
+          f"models, {early} decided early, {result.images_evaluated} images evaluated, {result.seconds:.1f} s")
     if result.float_layers and result.ok:
         print("layers in float: " + ", ".join(result.float_layers))
     paths = result.paths

@@ -16,6 +16,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from .datasets import ImageDataset
+from .early_decision import HIT_METRICS, decision_order, hits, upper_bound
 from .errors import ConfigError
 from .evaluation import make_session
 from .image_cache import CachedImages, cache_images
@@ -124,6 +125,32 @@ class LogitEvaluator:
             raise ConfigError("LogitEvaluator.prepare(float_model, preprocess) must run before evaluate")
         fn = METRICS[self.metric] if isinstance(self.metric, str) else self.metric
         return float(fn(self.logits(model), self.images_.labels, self.reference_))
+
+    @property
+    def decides_early(self) -> bool:
+        """Whether :meth:`decide` can stop early (hit metrics: top1, agreement)."""
+        return isinstance(self.metric, str) and self.metric in HIT_METRICS
+
+    def decide(self, model, original: float) -> tuple[float | None, int, float]:
+        """(metric, images used, upper bound): the exact metric (and bound), or None once the images
+        seen prove that the configuration misses the budget whatever the others give; the bound is
+        then the best metric it could still have reached (see :mod:`nbquant.early_decision`)."""
+        if not self.decides_early:
+            metric = self.evaluate(model)
+            return metric, len(self.images_), metric
+        order = decision_order(self.metric, self.reference_, self.images_.labels)
+        session = make_session(model)
+        name = session.get_inputs()[0].name
+        total, seen, hit_count = len(order), 0, 0
+        for start in range(0, total, self.batch_size):
+            picked = order[start:start + self.batch_size]
+            logits = session.run(None, {name: self.images_.gather(picked)})[0]
+            hit_count += int(hits(self.metric, logits, self.images_.labels[picked], self.reference_[picked]).sum())
+            seen += len(picked)
+            bound = upper_bound(hit_count, seen, total)
+            if not self.budget.check(original, bound)[0]:
+                return None, seen, bound
+        return hit_count / total, total, hit_count / total
 
     def metric_eval(self, original, new) -> tuple[bool, float]:
         return self.budget.check(original, new)

@@ -2,13 +2,15 @@
 memory stays flat in the number of images.
 
 A cache holds each image's resized, center-cropped RGB pixels (crop x crop x 3 bytes: 150 KB at
-224, a quarter of the float32 model input); batches are read from the file with plain reads (no
-memory map, whose pages would stay resident) and normalized on the fly, exactly as
-``preprocess_image`` does. Without a path the pixels stay in memory.
+224, a quarter of the float32 model input); batches are read from the file with positioned reads
+(no memory map, whose pages would stay resident) and normalized on the fly, exactly as
+``preprocess_image`` does. The cache keeps its file open, so it stays readable after its folder
+is removed (the space is freed when the cache is). Without a path the pixels stay in memory.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +30,13 @@ class CachedImages:
     files: list[str]
     path: Path | None = None
     pixels: np.ndarray | None = field(default=None, repr=False)  # in memory when there is no path
-    offset: int = 0  # bytes before the first image in ``path``
+
+    def __post_init__(self):
+        self._file = open(self.path, "rb") if self.path is not None else None  # kept open: see the module
+
+    def __del__(self):
+        if getattr(self, "_file", None) is not None:
+            self._file.close()
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -41,11 +49,14 @@ class CachedImages:
         """uint8 pixels [stop - start, H, W, 3] of images start..stop-1."""
         stop = min(stop, len(self))
         shape = (stop - start, self.pre.crop, self.pre.crop, 3)
-        if self.path is None:
+        if self._file is None:
             return self.pixels[start:stop]
-        with open(self.path, "rb") as handle:
-            handle.seek(self.offset + start * self.image_bytes)
-            return np.fromfile(handle, np.uint8, count=int(np.prod(shape))).reshape(shape)
+        data = os.pread(self._file.fileno(), int(np.prod(shape)), start * self.image_bytes)
+        return np.frombuffer(data, np.uint8).reshape(shape)
+
+    def gather(self, indices) -> np.ndarray:
+        """Model inputs of the images at ``indices``, in that order."""
+        return normalize(np.stack([self.read(int(i), int(i) + 1)[0] for i in indices]), self.pre)
 
     def batches(self, batch_size: int):
         """Model inputs in order, ``batch_size`` images at a time."""

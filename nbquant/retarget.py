@@ -72,6 +72,7 @@ class FallbackExplorer:
         self.original_metric = float(original_metric)
         self.cache_: dict[frozenset, float] = {}
         self.deploy_cache_: dict[frozenset, float] = {}
+        self.upper_: dict[frozenset, float] = {}  # configurations decided early: their metric is at most this
         self.evaluations_ = 0
 
     def __repr__(self) -> str:
@@ -85,6 +86,8 @@ class FallbackExplorer:
                 self.cache_[frozenset(row.float_layers)] = float(row.metric)
             if row.kind != "original" and pd.notna(getattr(row, "deploy_metric", None)):
                 self.deploy_cache_[frozenset(row.float_layers)] = float(row.deploy_metric)
+            if pd.isna(row.metric) and pd.notna(getattr(row, "metric_upper", None)):
+                self.upper_[frozenset(row.float_layers)] = float(row.metric_upper)
         return self
 
     def metric(self, float_layers: frozenset) -> float:
@@ -111,6 +114,10 @@ class FallbackExplorer:
 
         def check(float_layers: frozenset) -> bool:
             visited.append(frozenset(float_layers))
+            upper = self.upper_.get(frozenset(float_layers))
+            if frozenset(float_layers) not in self.cache_ and upper is not None \
+                    and not budget.check(self.original_metric, upper)[0]:
+                return False  # decided early in the run: even its best possible metric misses this target
             if not budget.check(self.original_metric, self.metric(float_layers))[0]:
                 return False
             return (self.evaluate_deploy is None

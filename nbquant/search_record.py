@@ -15,7 +15,7 @@ from .files import atomic_write_json
 
 RECORD_VERSION = 1
 HISTORY_COLUMNS = ["step", "kind", "n_float", "n_int8", "metric", "loss", "deploy_metric", "ok", "seconds",
-                   "judged", "float_layers"]
+                   "judged", "images", "decided_early", "metric_upper", "float_layers"]
 
 
 def new_record(settings: dict, layers: list[str]) -> dict:

@@ -207,3 +207,25 @@ def test_evaluator_that_fails_names_the_step(real_model_path, real_data, tmp_pat
                        settings=AutoSettings(rank_num=8, sensitivity="cosine"), calib_settings=FAST_CALIB,
                        progress=False)
     assert len(load_record(tmp_path / "log/accuracy_based_auto_calibration_record.json")) == 2
+
+
+def test_early_decisions_give_the_verdicts_of_full_evaluations(real_model_path, real_data, tmp_path):
+    from nbquant.deploy import make_deploy_model
+    from nbquant.pipeline import prepare_model
+
+    result = auto_calibrate(real_model_path, real_data, save_dir=tmp_path, calib_settings=FAST_CALIB, progress=False,
+                            settings=AutoSettings(max_drop=0.001, eval_num=300, rank_num=8, max_evals=6))
+    steps = result.history[result.history["kind"] != "original"]
+    assert steps["decided_early"].any(), steps
+    model, calibrator, evaluator = prepare_model(real_model_path).model, result.calibrator, result.evaluator
+    for row in steps.itertuples():
+        quant = {k: v for k, v in calibrator.quant_.items() if k not in set(row.float_layers)}
+        full = evaluator.evaluate(make_deploy_model(model, quant, calibrator.tensor_qparams_,
+                                                    calibrator.config.deploy_target))
+        assert evaluator.metric_eval(result.original_metric, full)[0] == row.ok, row
+        if row.decided_early:
+            assert full <= row.metric_upper and row.images < 300
+        else:
+            assert full == row.metric and row.images == 300
+    assert result.images_evaluated < 300 * result.evaluations
+    assert "decided after" in result.paths.log_file.read_text()
