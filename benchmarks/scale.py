@@ -30,7 +30,8 @@ r = auto_calibrate(sys.argv[1], sys.argv[2], save_dir=sys.argv[3], settings=Auto
 hwm = next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]
 n = len(r.ranking)
 print(json.dumps({"ok": r.ok, "int8": n - len(r.float_layers) if r.ok else 0, "layers": n,
-                  "evaluations": r.evaluations, "final": r.final_metric, "float_layers": r.float_layers,
+                  "evaluations": r.evaluations, "images_evaluated": getattr(r, "images_evaluated", None),
+                  "final": r.final_metric, "float_layers": r.float_layers,
                   "seconds": time.perf_counter() - start, "peak_rss_mb": int(hwm) / 1024}))
 """
 
@@ -69,7 +70,7 @@ def main() -> None:
                 print(f"{size:7d} failed: {out.stderr.strip().splitlines()[-1]}")
                 continue
             r = json.loads(out.stdout.strip().splitlines()[-1])
-            evaluated = (r["evaluations"]) * size  # the float model included: every evaluation runs all images
+            evaluated = r["images_evaluated"] or r["evaluations"] * size  # older code: every evaluation runs all
             print(f"{size:7d} {str(r['ok']):>4s} {r['int8']:3d}/{r['layers']:<2d} {r['evaluations']:5d} {evaluated:16d} "
                   f"{time.perf_counter() - start:7.1f} {r['peak_rss_mb']:11.0f}  {r['final']} "
                   f"{', '.join(r['float_layers'])}", flush=True)

@@ -210,7 +210,7 @@ class _Search:
 
 def auto_calibrate(model, data, *, calib_data=None, evaluator=None, settings: AutoSettings | None = None,
                    calib_settings: CalibrationSettings | None = None, save_dir=None, resume: bool = False,
-                   preprocess=None, config=None, progress: bool = True) -> AutoCalibrationResult:
+                   preprocess=None, config=None, progress: bool = True, executor=None) -> AutoCalibrationResult:
     """Quantize ``model`` with as many int8 layers as the accuracy budget allows.
 
     ``data``: evaluation images (first ``settings.eval_num``); ``calib_data``: calibration
@@ -218,7 +218,9 @@ def auto_calibrate(model, data, *, calib_data=None, evaluator=None, settings: Au
     with ``evaluate(model_path)`` and ``metric_eval(original, new)``; by default top-1 (or,
     without labels, top-1 agreement with the float model) with ``settings.max_drop``.
     ``config`` (QuantConfig or config.json path) sets per-layer methods; layers it disables
-    stay in float and are not searched.
+    stay in float and are not searched. ``executor`` (a ``concurrent.futures.Executor`` or a
+    ``dask.distributed`` Client) runs the built-in evaluator's images in shards on its workers;
+    the result and the record are the same as in this process.
     """
     start = time.perf_counter()
     settings = settings or AutoSettings()
@@ -231,7 +233,10 @@ def auto_calibrate(model, data, *, calib_data=None, evaluator=None, settings: Au
     check_preprocess(prepared.model, pre, prepared.name)
     if evaluator is None:
         metric = settings.metric or ("top1" if eval_data.labeled else "agreement")
-        evaluator = LogitEvaluator(eval_data, metric, settings.max_drop, settings.relative)
+        evaluator = LogitEvaluator(eval_data, metric, settings.max_drop, settings.relative, executor=executor)
+    elif executor is not None:
+        raise ConfigError("executor runs the built-in evaluator's shards; a custom evaluator brings its own "
+                          "parallelism (leave executor unset)")
     config = build_config(prepared, calib_settings, config)
     paths = RunPaths(Path(save_dir) if save_dir is not None else Path("runs") / prepared.name, prepared.name)
     run_settings = _settings_dict(model, prepared, eval_data, calib_set, settings, calib_settings, evaluator, config)
@@ -255,6 +260,8 @@ def _run(prepared, eval_data, calib_set, pre, evaluator, settings, calib_setting
              "relative" if settings.relative else "absolute", settings.strategy, settings.sensitivity,
              config.deploy_target.value, paths.save_dir)
     if isinstance(evaluator, LogitEvaluator):
+        if evaluator.pool is not None:
+            log.info("evaluating on %r", evaluator.pool)
         evaluator.prepare(prepared.model, pre, temp / "evaluation_pixels.u8", progress)
     if record["original_metric"] is None:
         original_model = prepared.model

@@ -121,6 +121,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="judge configurations by the fake-quant simulation, as the reference tool does (default: "
                             "by the deploy model, the one that ships, run with onnxruntime's integer kernels, where "
                             "this CPU computes it exactly: always for --deploy-target portable)")
+    group.add_argument("--no-early-decisions", dest="early_decisions", action="store_false",
+                       help="run every evaluation over all images (default: stop once the images left cannot "
+                            "change the verdict; top1 and agreement)")
+    group = auto.add_argument_group("more than one process or machine (the dask extra)")
+    group.add_argument("--scheduler", default=None,
+                       help="address of a Dask scheduler (tcp://host:8786); its workers read the images from "
+                            "--data's path, so it must be the same on every machine (a shared file system)")
+    group.add_argument("--workers", type=int, default=None,
+                       help="start a Dask LocalCluster of N worker processes on 127.0.0.1")
     auto.add_argument("--save-dir", default=None, help="run folder (default runs/<model name>)")
     auto.add_argument("--resume", action="store_true",
                       help="continue from the run folder's record (same arguments); re-evaluates nothing done")
@@ -244,23 +253,31 @@ def _calib_settings(args):
 
 def cmd_auto_calibrate(args) -> int:
     from .auto_calibration import AutoSettings, auto_calibrate
+    from .executors import open_pool
     from .graph import load_model
     settings = AutoSettings(max_drop=args.max_drop, relative=args.relative, strategy=args.strategy,
                             sensitivity=args.sensitivity, max_evals=args.max_evals, eval_num=args.eval_num,
-                            rank_num=args.rank_num, metric=args.metric, check_deploy=args.check_deploy)
+                            rank_num=args.rank_num, metric=args.metric, check_deploy=args.check_deploy,
+                            early_decisions=args.early_decisions)
     calib_settings = _calib_settings(args)
     path = _model_path(args)
     data = _dataset(args)
     pre = _preprocess(args, load_model(path))
     save_dir = Path(args.save_dir) if args.save_dir else Path("runs") / path.stem
+    pool = open_pool(args.scheduler, args.workers)
+    if pool is not None:
+        print(f"evaluating on {len(pool.workers())} Dask workers; dashboard: {pool.dashboard_link}")
     try:
         result = auto_calibrate(path, data, calib_data=args.calib_data, settings=settings,
                                 calib_settings=calib_settings, save_dir=save_dir, resume=args.resume,
-                                preprocess=pre, config=args.config)
+                                preprocess=pre, config=args.config, executor=pool)
     except KeyboardInterrupt:
         print(f"nbquant: interrupted; the record is kept: continue with the same command and --resume "
               f"(save dir {save_dir})", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        if pool is not None:
+            pool.close()
     history = result.history.drop(columns=["float_layers"])
     print(history.to_string(index=False))
     print(f"\n{result.message}")

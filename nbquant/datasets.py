@@ -234,6 +234,16 @@ class ImageDataset:
                  self.class_names)
         return sub
 
+    @classmethod
+    def from_files(cls, files) -> ImageDataset:
+        """The given image files, unlabeled, in the given order (e.g. one worker's shard)."""
+        files = [Path(f) for f in files]
+        if not files:
+            raise DataError("from_files needs at least one image file")
+        sub = object.__new__(cls)
+        sub._set(files[0].parent, DatasetLayout.UNLABELED, files, np.full(len(files), -1, np.int64), None)
+        return sub
+
     def spread(self, n: int) -> ImageDataset:
         """``n`` files evenly spaced over the sorted list, e.g. a calibration set that covers every
         class of a folder sorted by class (the first n files would cover only the first classes).

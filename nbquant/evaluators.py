@@ -9,18 +9,21 @@ is accepted for compatibility but nbquant calibrates on images it is given. The 
 from __future__ import annotations
 
 import math
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from .datasets import ImageDataset
 from .early_decision import HIT_METRICS, decision_order, hits, upper_bound
 from .errors import ConfigError
-from .evaluation import make_session
-from .image_cache import CachedImages, cache_images
+from .executors import as_pool
+from .image_cache import cache_images
 from .preprocess import Preprocess
+from .shard_evaluation import ImageFiles, batch_plan, run_plan
 
 
 class Evaluator(Protocol):
@@ -85,15 +88,18 @@ class LogitEvaluator:
 
     ``metric`` is ``"top1"`` (needs labels), ``"agreement"`` or ``"kl"`` (label-free fidelity
     to the float model), or a callable ``f(logits, labels, reference_logits) -> float``.
-    Images are decoded once; the float model's outputs are computed once.
+    Images are decoded once; the float model's outputs are computed once. ``executor`` (a
+    ``concurrent.futures.Executor`` or ``dask.distributed`` Client) runs the images in shards on
+    its workers, with the same results.
     """
 
     def __init__(self, data: ImageDataset, metric="top1", max_drop: float = 0.005, relative: bool = False,
-                 batch_size: int = 16):
+                 batch_size: int = 16, executor=None):
         self.data = data
         self.metric = metric
         self.budget = Budget(max_drop, relative)
         self.batch_size = batch_size
+        self.pool = as_pool(executor)
         if isinstance(metric, str) and metric not in METRICS:
             raise ConfigError(f"metric must be one of {', '.join(METRICS)} or a callable, got {metric!r}")
         if metric == "top1" and not data.labeled:
@@ -106,16 +112,37 @@ class LogitEvaluator:
         return f"LogitEvaluator(metric={name!r}, max_drop={self.budget.max_drop} {kind}, images={len(self.data)})"
 
     def prepare(self, float_model, pre: Preprocess, cache_file: Path | None = None, progress: bool = True):
-        """Decode the images once and compute the float model's outputs once."""
-        self.images_: CachedImages = cache_images(self.data, pre, cache_file, progress=progress,
-                                                  desc="decode evaluation images")
-        self.reference_ = self.logits(float_model, simulate=False)
+        """Decode the images once, compute the float model's outputs once and fix the order images
+        are run in (see :attr:`order_`). With an executor the workers decode their own shards."""
+        if self.pool is None:
+            self.images_ = cache_images(self.data, pre, cache_file, progress=progress,
+                                        desc="decode evaluation images")
+        else:
+            self.images_ = ImageFiles(pre, self.data.labels, [str(p) for p in self.data.files])
+        plan = batch_plan(np.arange(len(self.images_)), self.batch_size)
+        decoded, outputs = np.zeros(len(self.images_), bool), []
+        batches = run_plan(float_model, self.images_, plan, self.pool, simulate=False, keep=False)
+        for picked, out in tqdm(batches, total=len(plan), desc="float model outputs", disable=not progress):
+            decoded[picked] = True
+            outputs.append(out)
+        self.reference_ = np.concatenate(outputs)
+        if not decoded.all():  # only workers decode here; the in-process cache holds decodable images only
+            self.images_ = self.images_.keep(decoded)
+        #: the order images run in: likely misses first for early decisions (see early_decision)
+        self.order_ = (decision_order(self.metric, self.reference_, self.images_.labels) if self.decides_early
+                       else np.arange(len(self.images_)))
+        self._float_model = float_model
         return self
 
     def logits(self, model, simulate: bool | None = None) -> np.ndarray:
-        session = make_session(model, simulate=simulate)
-        name = session.get_inputs()[0].name
-        return np.concatenate([session.run(None, {name: x})[0] for x in self.images_.batches(self.batch_size)])
+        """The model's first output for every image, in file order (run in :attr:`order_`)."""
+        out = None
+        for picked, batch in run_plan(model, self.images_, batch_plan(self.order_, self.batch_size), self.pool,
+                                      simulate):
+            if out is None:
+                out = np.empty((len(self.images_),) + batch.shape[1:], batch.dtype)
+            out[picked] = batch
+        return out
 
     def calibration(self, model) -> None:
         """Reference-tool compatibility; nbquant calibrates on the images it is given."""
@@ -124,7 +151,8 @@ class LogitEvaluator:
         if not hasattr(self, "images_"):
             raise ConfigError("LogitEvaluator.prepare(float_model, preprocess) must run before evaluate")
         fn = METRICS[self.metric] if isinstance(self.metric, str) else self.metric
-        return float(fn(self.logits(model), self.images_.labels, self.reference_))
+        logits = self.reference_ if model is self._float_model else self.logits(model)
+        return float(fn(logits, self.images_.labels, self.reference_))
 
     @property
     def decides_early(self) -> bool:
@@ -138,18 +166,16 @@ class LogitEvaluator:
         if not self.decides_early:
             metric = self.evaluate(model)
             return metric, len(self.images_), metric
-        order = decision_order(self.metric, self.reference_, self.images_.labels)
-        session = make_session(model)
-        name = session.get_inputs()[0].name
-        total, seen, hit_count = len(order), 0, 0
-        for start in range(0, total, self.batch_size):
-            picked = order[start:start + self.batch_size]
-            logits = session.run(None, {name: self.images_.gather(picked)})[0]
-            hit_count += int(hits(self.metric, logits, self.images_.labels[picked], self.reference_[picked]).sum())
-            seen += len(picked)
-            bound = upper_bound(hit_count, seen, total)
-            if not self.budget.check(original, bound)[0]:
-                return None, seen, bound
+        total, seen, hit_count = len(self.order_), 0, 0
+        plan = batch_plan(self.order_, self.batch_size)
+        with closing(run_plan(model, self.images_, plan, self.pool)) as batches:  # closing cancels the rest
+            for picked, logits in batches:
+                hit_count += int(hits(self.metric, logits, self.images_.labels[picked],
+                                      self.reference_[picked]).sum())
+                seen += len(picked)
+                bound = upper_bound(hit_count, seen, total)
+                if not self.budget.check(original, bound)[0]:
+                    return None, seen, bound
         return hit_count / total, total, hit_count / total
 
     def metric_eval(self, original, new) -> tuple[bool, float]:

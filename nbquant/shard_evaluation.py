@@ -1,0 +1,146 @@
+"""One model run over a plan of image batches, in this process or split into shards on workers.
+
+A plan is a list of index arrays (the batches, in the order they are run). In this process the
+images come from a :class:`~nbquant.image_cache.CachedImages`; on an
+:class:`~nbquant.executors.EvaluationPool`, consecutive batches form a shard that one worker
+runs: it reads the shard's image files from the path it is given, decodes them once and keeps
+the uint8 pixels in an unlinked temp file (disk, not memory), and keeps the last model's
+onnxruntime session, so a model travels once per configuration. Both ways run the same batches
+through onnxruntime, so the outputs are the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from .datasets import ImageDataset
+from .evaluation import make_session
+from .image_cache import CachedImages, cache_images
+from .preprocess import Preprocess
+
+SHARD_BATCHES = 16  # batches per worker task: 256 images at the evaluator's batch size of 16
+
+
+@dataclass
+class ImageFiles:
+    """The evaluation images as files, for workers that decode them where they run."""
+
+    pre: Preprocess
+    labels: np.ndarray
+    paths: list[str]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def files(self) -> list[str]:
+        return [Path(p).name for p in self.paths]
+
+    def keep(self, mask: np.ndarray) -> "ImageFiles":
+        """The images where ``mask`` is true (those the workers could decode)."""
+        return ImageFiles(self.pre, self.labels[mask], [p for p, k in zip(self.paths, mask) if k])
+
+
+def batch_plan(indices, batch_size: int) -> list[np.ndarray]:
+    """``indices`` cut into batches of ``batch_size``, in order."""
+    indices = np.asarray(indices, dtype=np.int64)
+    return [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
+
+
+def run_plan(model, images, plan: list[np.ndarray], pool=None, simulate: bool | None = None,
+             keep: bool = True) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield ``(indices, first output)`` for each batch of ``plan``, in order; indices drop images
+    a worker could not decode. Closing the iterator early (an early decision) cancels the shards
+    not run yet. ``keep``: workers keep the shard's pixels for later runs of the same plan."""
+    if pool is None:
+        session = make_session(model, simulate=simulate)
+        name = session.get_inputs()[0].name
+        for picked in plan:
+            yield picked, session.run(None, {name: images.gather(picked)})[0]
+        return
+    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else Path(model).read_bytes()
+    key = hashlib.sha256(data).hexdigest()
+    handle = pool.share(data)
+    shards = [plan[i:i + SHARD_BATCHES] for i in range(0, len(plan), SHARD_BATCHES)]
+    futures = [pool.submit(evaluate_shard, handle, key, [images.paths[i] for b in shard for i in b],
+                           [len(b) for b in shard], images.pre, simulate, pool.threads, keep, shard=number)
+               for number, shard in enumerate(shards)]
+    try:
+        for shard, future in zip(shards, futures):
+            for picked, (kept, outputs) in zip(shard, future.result()):
+                if outputs is not None:
+                    yield picked[kept], outputs
+    finally:
+        pool.cancel(futures)
+
+
+# ---- worker side: one process's caches ----
+
+_shards: dict[str, CachedImages] = {}
+_session: dict[tuple, object] = {}
+
+
+def evaluate_shard(model: bytes, key: str, paths: list[str], sizes: list[int], pre: Preprocess,
+                   simulate: bool | None, threads: int | None, keep: bool) -> list[tuple]:
+    """Worker task: ``(decoded mask, first output or None)`` for each batch of ``sizes`` images
+    of ``paths``."""
+    session = _session_for(model, key, simulate, threads)
+    name = session.get_inputs()[0].name
+    images, decoded = _shard_images(paths, pre, keep)
+    position = np.cumsum(decoded) - 1
+    results, start = [], 0
+    for size in sizes:
+        mask = decoded[start:start + size]
+        picked = position[start:start + size][mask]
+        outputs = session.run(None, {name: images.gather(picked)})[0] if len(picked) else None
+        results.append((mask, outputs))
+        start += size
+    return results
+
+
+def _session_for(model: bytes, key: str, simulate: bool | None, threads: int | None):
+    wanted = (key, simulate, threads)
+    if wanted not in _session:
+        _session.clear()
+        _session[wanted] = make_session(onnx.load_from_string(model), threads=threads, simulate=simulate)
+    return _session[wanted]
+
+
+def _shard_images(paths: list[str], pre: Preprocess, keep: bool) -> tuple[CachedImages, np.ndarray]:
+    """The shard's decoded pixels (cached when ``keep``) and which paths could be decoded."""
+    key = hashlib.sha1("\n".join(paths + [repr(pre)]).encode()).hexdigest()
+    if key in _shards:
+        images = _shards[key]
+    else:
+        dataset = ImageDataset.from_files(paths)
+        path = None
+        if keep:
+            handle, path = tempfile.mkstemp(prefix="nbquant-shard-", suffix=".u8", dir=_worker_dir())
+            os.close(handle)
+        try:
+            images = cache_images(dataset, pre, Path(path) if path else None, progress=False)
+        finally:
+            if path:
+                os.unlink(path)  # the cache keeps its file open: no file is left behind if the worker dies
+        images.skipped = {str(p) for p in dataset.skipped}
+        if keep:
+            _shards[key] = images
+    decoded = np.array([p not in images.skipped for p in paths], dtype=bool)
+    return images, decoded
+
+
+def _worker_dir() -> str | None:
+    """A Dask worker's local directory, else the system temp folder."""
+    try:
+        from distributed import get_worker
+        return get_worker().local_directory
+    except (ImportError, ValueError):
+        return None
