@@ -40,6 +40,7 @@ from .search import STRATEGIES, BudgetExhausted
 from .search_record import check_resume, load_record, new_record, read_record, save_record
 from .sensitivity import METHODS as SENSITIVITY_METHODS
 from .sensitivity import rank_layers, ranking_pairs
+from .shard_evaluation import ImageFiles
 
 log = logging.getLogger(__name__)
 
@@ -291,7 +292,8 @@ def _run(prepared, eval_data, calib_set, pre, evaluator, settings, calib_setting
     first = search.step(frozenset(), kind="all_int8")
     log.info("Accuracy of global quantized model is %s", first["metric"] if first["metric"] is not None
              else f"below the target (decided after {first['images']} images)")
-    ranking = _ranking(prepared, calibrator, calib_set, pre, settings, record, paths, progress)
+    pool = evaluator.pool if isinstance(evaluator, LogitEvaluator) else None
+    ranking = _ranking(prepared, calibrator, calib_set, pre, settings, record, paths, progress, pool)
     final = frozenset() if first["ok"] else _search(search, settings.strategy, list(ranking["layer"]))
     search.bar.close()
     history = load_record(paths.record)
@@ -327,14 +329,17 @@ def _search(search: _Search, strategy: str, ranked: list[str]) -> frozenset | No
     return found if found is not None else best
 
 
-def _ranking(prepared, calibrator, calib_set, pre, settings, record, paths, progress) -> pd.DataFrame:
+def _ranking(prepared, calibrator, calib_set, pre, settings, record, paths, progress, pool) -> pd.DataFrame:
     if record.get("ranking") and record["ranking"]["method"] == settings.sensitivity:
         ranking = pd.DataFrame(record["ranking"]["rows"])
     else:
-        images = cache_images(calib_set.spread(min(settings.rank_num, len(calib_set))), pre, progress=False)
+        rank_set = calib_set.spread(min(settings.rank_num, len(calib_set)))
+        pool = pool if settings.sensitivity == "output" else None  # cosine: one model with every layer's twin
+        images = (cache_images(rank_set, pre, progress=False) if pool is None else
+                  ImageFiles(pre, rank_set.labels, [str(f) for f in rank_set.files]))
         with stage("ranking the layers", prepared.name):
             ranking = rank_layers(prepared.model, calibrator.quant_, images, settings.sensitivity, progress,
-                                  prepared.table, calibrator.tensor_qparams_)
+                                  prepared.table, calibrator.tensor_qparams_, pool)
         record["ranking"] = {"method": settings.sensitivity, "rows": ranking.to_dict(orient="records")}
         save_record(record, paths.record)
     atomic_write_json(paths.ranking, ranking_pairs(ranking))

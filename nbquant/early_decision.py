@@ -19,8 +19,13 @@ HIT_METRICS = ("top1", "agreement")
 
 def hits(metric: str, logits: np.ndarray, labels: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """Per-image 0/1 of a hit metric (``top1``: the label; ``agreement``: the float model's top-1)."""
-    target = labels if metric == "top1" else reference.argmax(axis=1)
-    return (logits.argmax(axis=1) == target).astype(np.int64)
+    target = labels if metric == "top1" else _flat(reference).argmax(axis=1)
+    return (_flat(logits).argmax(axis=1) == target).astype(np.int64)
+
+
+def _flat(outputs: np.ndarray) -> np.ndarray:
+    """[N, C, 1, 1] and the like as [N, C]."""
+    return outputs.reshape(len(outputs), -1)
 
 
 def upper_bound(hit_count: int, seen: int, total: int) -> float:
@@ -39,7 +44,7 @@ def decision_order(metric: str, reference: np.ndarray, labels: np.ndarray) -> np
     >>> decision_order("top1", ref, np.array([0, 0, 0])).tolist()  # image 1: float wrong; 0 before 2
     [1, 0, 2]
     """
-    top2 = np.sort(reference, axis=1)[:, -2:]
+    top2 = np.sort(_flat(reference), axis=1)[:, -2:]
     margin = top2[:, 1] - top2[:, 0]
     float_hit = hits(metric, reference, labels, reference) if metric == "top1" else np.ones(len(reference), int)
     return np.lexsort((margin, float_hit))

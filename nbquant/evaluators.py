@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from .datasets import ImageDataset
 from .early_decision import HIT_METRICS, decision_order, hits, upper_bound
@@ -23,7 +22,7 @@ from .errors import ConfigError
 from .executors import as_pool
 from .image_cache import cache_images
 from .preprocess import Preprocess
-from .shard_evaluation import ImageFiles, batch_plan, run_plan
+from .shard_evaluation import ImageFiles, batch_plan, collect, reference_outputs, run_plan
 
 
 class Evaluator(Protocol):
@@ -119,15 +118,8 @@ class LogitEvaluator:
                                         desc="decode evaluation images")
         else:
             self.images_ = ImageFiles(pre, self.data.labels, [str(p) for p in self.data.files])
-        plan = batch_plan(np.arange(len(self.images_)), self.batch_size)
-        decoded, outputs = np.zeros(len(self.images_), bool), []
-        batches = run_plan(float_model, self.images_, plan, self.pool, simulate=False, keep=False)
-        for picked, out in tqdm(batches, total=len(plan), desc="float model outputs", disable=not progress):
-            decoded[picked] = True
-            outputs.append(out)
-        self.reference_ = np.concatenate(outputs)
-        if not decoded.all():  # only workers decode here; the in-process cache holds decodable images only
-            self.images_ = self.images_.keep(decoded)
+        self.images_, self.reference_ = reference_outputs(float_model, self.images_, self.batch_size, self.pool,
+                                                          progress)
         #: the order images run in: likely misses first for early decisions (see early_decision)
         self.order_ = (decision_order(self.metric, self.reference_, self.images_.labels) if self.decides_early
                        else np.arange(len(self.images_)))
@@ -136,13 +128,8 @@ class LogitEvaluator:
 
     def logits(self, model, simulate: bool | None = None) -> np.ndarray:
         """The model's first output for every image, in file order (run in :attr:`order_`)."""
-        out = None
-        for picked, batch in run_plan(model, self.images_, batch_plan(self.order_, self.batch_size), self.pool,
-                                      simulate):
-            if out is None:
-                out = np.empty((len(self.images_),) + batch.shape[1:], batch.dtype)
-            out[picked] = batch
-        return out
+        plan = batch_plan(self.order_, self.batch_size)
+        return collect(run_plan(model, self.images_, plan, self.pool, simulate), len(self.images_))[0]
 
     def calibration(self, model) -> None:
         """Reference-tool compatibility; nbquant calibrates on the images it is given."""

@@ -29,6 +29,7 @@ from .evaluators import mean_kl
 from .image_cache import CachedImages
 from .graph_edit import GraphEdit, node_by_name
 from .qdq import make_fake_quant_model
+from .shard_evaluation import outputs_of, reference_outputs
 
 RANKING_COLUMNS = ["rank", "layer", "op", "score", "metric"]
 
@@ -79,35 +80,37 @@ def cosine_scores(model, quant, images: CachedImages, batch_size: int = 4, progr
     return {name: float(s / len(images)) for name, s in zip(quant, sums)}
 
 
-def output_scores(model, quant, images: CachedImages, batch_size: int = 16, progress: bool = True,
-                  output_qparams: dict | None = None, reference: np.ndarray | None = None) -> dict:
+def output_scores(model, quant, images, batch_size: int = 16, progress: bool = True,
+                  output_qparams: dict | None = None, pool=None) -> dict:
     """``exp(-KL)`` of the model output with each layer alone quantized (as in the fake-quant model:
     input, weight and output; ``output_qparams`` is a calibrator's ``tensor_qparams_``), against the
-    float output."""
+    float output. ``pool``: the one-layer models run side by side on its workers (``images`` are
+    then ImageFiles), with the same scores."""
     if output_qparams is None:
         raise ConfigError("output sensitivity needs output_qparams (a fitted calibrator's tensor_qparams_)")
-    def logits(m):
-        session = make_session(m, simulate=True)
-        name = session.get_inputs()[0].name
-        return np.concatenate([session.run(None, {name: x})[0] for x in images.batches(batch_size)])
-
-    reference = logits(model) if reference is None else reference
-    scores = {}
-    for name in tqdm(list(quant), desc="rank (output)", disable=not progress):
-        alone = make_fake_quant_model(model, {name: quant[name]}, output_qparams)
-        scores[name] = float(np.exp(-mean_kl(reference, logits(alone))))
-    return scores
+    if pool is not None:
+        images, reference = reference_outputs(model, images, batch_size, pool, simulate=True)
+    else:
+        reference = next(outputs_of([model], images, batch_size, simulate=True))
+    alone = (make_fake_quant_model(model, {name: quant[name]}, output_qparams) for name in quant)
+    outputs = outputs_of(alone, images, batch_size, pool, simulate=True)
+    return {name: float(np.exp(-mean_kl(reference, logits)))
+            for name, logits in zip(quant, tqdm(outputs, total=len(quant), desc="rank (output)",
+                                                disable=not progress))}
 
 
 METHODS: dict[str, Callable] = {"output": output_scores, "cosine": cosine_scores}
 
 
 def rank_layers(model, quant, images: CachedImages, method: str = "output", progress: bool = True,
-                layer_table: pd.DataFrame | None = None, output_qparams: dict | None = None) -> pd.DataFrame:
+                layer_table: pd.DataFrame | None = None, output_qparams: dict | None = None,
+                pool=None) -> pd.DataFrame:
     """Ranking DataFrame, most sensitive first: rank, layer, op, score, metric (+ layer columns).
 
-    ``output_qparams`` (a calibrator's ``tensor_qparams_``) is needed by the ``output`` method."""
-    scores = METHODS[method](model, quant, images, progress=progress, output_qparams=output_qparams)
+    ``output_qparams`` (a calibrator's ``tensor_qparams_``) is needed by the ``output`` method;
+    ``pool`` (``output`` only) runs it on an executor's workers, ``images`` being ImageFiles."""
+    kwargs = {"pool": pool} if pool is not None else {}
+    scores = METHODS[method](model, quant, images, progress=progress, output_qparams=output_qparams, **kwargs)
     ops = {name: lq.layer.op for name, lq in quant.items()}
     frame = pd.DataFrame({"layer": list(scores), "score": list(scores.values())})
     frame["op"] = frame["layer"].map(ops)

@@ -14,19 +14,21 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
+from tqdm.auto import tqdm
 
 from .datasets import ImageDataset
 from .evaluation import make_session
 from .image_cache import CachedImages, cache_images
 from .preprocess import Preprocess
 
-SHARD_BATCHES = 16  # batches per worker task: 256 images at the evaluator's batch size of 16
+SHARD_BATCHES = 4  # batches per worker task: 64 images at the evaluator's batch size, so an early decision wastes little
 
 
 @dataclass
@@ -66,20 +68,71 @@ def run_plan(model, images, plan: list[np.ndarray], pool=None, simulate: bool | 
         for picked in plan:
             yield picked, session.run(None, {name: images.gather(picked)})[0]
         return
+    yield from _gather(_submit(model, images, plan, pool, simulate, keep), pool)
+
+
+def _submit(model, images: ImageFiles, plan, pool, simulate, keep) -> list[tuple[list, object]]:
+    """Share the model once and submit one task per shard: ``[(shard's batches, future), ...]``."""
     data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else Path(model).read_bytes()
     key = hashlib.sha256(data).hexdigest()
     handle = pool.share(data)
     shards = [plan[i:i + SHARD_BATCHES] for i in range(0, len(plan), SHARD_BATCHES)]
-    futures = [pool.submit(evaluate_shard, handle, key, [images.paths[i] for b in shard for i in b],
-                           [len(b) for b in shard], images.pre, simulate, pool.threads, keep, shard=number)
-               for number, shard in enumerate(shards)]
+    return [(shard, pool.submit(evaluate_shard, handle, key, [images.paths[i] for b in shard for i in b],
+                                [len(b) for b in shard], images.pre, simulate, pool.threads, keep, shard=number))
+            for number, shard in enumerate(shards)]
+
+
+def _gather(submitted, pool) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     try:
-        for shard, future in zip(shards, futures):
+        for shard, future in submitted:
             for picked, (kept, outputs) in zip(shard, future.result()):
                 if outputs is not None:
                     yield picked[kept], outputs
     finally:
-        pool.cancel(futures)
+        pool.cancel([future for _, future in submitted])
+
+
+def collect(batches: Iterator[tuple[np.ndarray, np.ndarray]], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(outputs of ``n`` images in index order, which images have one) from ``run_plan``'s batches."""
+    out, done = None, np.zeros(n, bool)
+    for picked, batch in batches:
+        if out is None:
+            out = np.zeros((n,) + batch.shape[1:], batch.dtype)
+        out[picked] = batch
+        done[picked] = True
+    return out, done
+
+
+def outputs_of(models, images, batch_size: int, pool=None, simulate: bool | None = None,
+               window: int = 4) -> Iterator[np.ndarray]:
+    """The first output of each of ``models`` (an iterable, built lazily) on every image, in file
+    order; on a pool, up to ``window`` models are in flight at once, so workers run them side by
+    side (e.g. the ranking's one-layer models)."""
+    plan = batch_plan(np.arange(len(images)), batch_size)
+    if pool is None:
+        for model in models:
+            yield collect(run_plan(model, images, plan, simulate=simulate), len(images))[0]
+        return
+    queue = deque()
+    for model in models:
+        queue.append(_submit(model, images, plan, pool, simulate, keep=True))
+        if len(queue) >= window:
+            yield collect(_gather(queue.popleft(), pool), len(images))[0]
+    while queue:
+        yield collect(_gather(queue.popleft(), pool), len(images))[0]
+
+
+def reference_outputs(model, images, batch_size: int, pool=None, progress: bool = False,
+                      desc: str = "float model outputs", simulate: bool = False):
+    """(images a worker could decode, the float ``model``'s first output on them): the first run
+    over a set of image files; workers do not keep these file-order shards."""
+    plan = batch_plan(np.arange(len(images)), batch_size)
+    batches = tqdm(run_plan(model, images, plan, pool, simulate=simulate, keep=False), total=len(plan), desc=desc,
+                   disable=not progress)
+    outputs, done = collect(batches, len(images))
+    if not done.all():  # only workers decode here; an in-process cache holds decodable images only
+        images, outputs = images.keep(done), outputs[done]
+    return images, outputs
 
 
 # ---- worker side: one process's caches ----

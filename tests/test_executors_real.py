@@ -50,6 +50,30 @@ def test_thread_pool_gives_the_in_process_outputs_and_decisions(real_model_path,
         assert here.decide(model, original + 0.2)[1] < 40
 
 
+def test_ranking_on_a_thread_pool_gives_the_in_process_scores(real_model_path, real_data):
+    from nbquant.calibration import Calibrator
+    from nbquant.image_cache import cache_images
+    from nbquant.pipeline import build_config, collect_statistics
+    from nbquant.sensitivity import rank_layers
+    from nbquant.shard_evaluation import ImageFiles
+
+    prepared = prepare_model(real_model_path)
+    pre = resolve_preprocess(prepared.model, None)
+    settings = CalibrationSettings(calib_num=8, weight_rounding="nearest")
+    calib = real_data.spread(8)
+    config = build_config(prepared, settings, None)
+    calibrator = Calibrator(config).fit(prepared.model, *collect_statistics(prepared, calib, pre, settings, False))
+    quant = dict(list(calibrator.quant_.items())[:6])
+    here = rank_layers(prepared.model, quant, cache_images(calib, pre, progress=False), progress=False,
+                       output_qparams=calibrator.tensor_qparams_)
+    with ThreadPoolExecutor(2) as executor:
+        files = ImageFiles(pre, calib.labels, [str(f) for f in calib.files])
+        pooled = rank_layers(prepared.model, quant, files, progress=False, output_qparams=calibrator.tensor_qparams_,
+                             pool=EvaluationPool(executor))
+    assert pooled[["layer", "score"]].equals(here[["layer", "score"]])
+    assert here["score"].nunique() == 6
+
+
 def test_pool_settings_are_checked():
     with pytest.raises(ConfigError, match="Executor or a dask"):
         EvaluationPool(object())
