@@ -264,6 +264,7 @@ def _run(prepared, eval_data, calib_set, pre, evaluator, settings, calib_setting
         if evaluator.pool is not None:
             log.info("evaluating on %r", evaluator.pool)
         evaluator.prepare(prepared.model, pre, temp / "evaluation_pixels.u8", progress)
+        _write_order(evaluator, paths, record)
     if record["original_metric"] is None:
         original_model = prepared.model
         if not isinstance(evaluator, LogitEvaluator):
@@ -305,6 +306,15 @@ def _run(prepared, eval_data, calib_set, pre, evaluator, settings, calib_setting
     return result
 
 
+def _write_order(evaluator: LogitEvaluator, paths: RunPaths, record: dict) -> None:
+    """The order the steps run the images in, one file name a line (log/evaluation_order.txt)."""
+    atomic_write_text(paths.evaluation_order, "".join(f"{evaluator.images_.files[i]}\n" for i in evaluator.order_))
+    rule = ("the float model's misses first, then ascending float top-1 margin" if evaluator.decides_early
+            else "file order")
+    record["evaluation_order"] = {"rule": rule, "file": paths.evaluation_order.name}
+    save_record(record, paths.record)
+
+
 def _judge(settings: AutoSettings, calibrator: Calibrator) -> str:
     """``deploy`` where this CPU runs the deploy model exactly, else ``fake_quant`` (with a warning)."""
     if not settings.check_deploy:
@@ -336,7 +346,7 @@ def _ranking(prepared, calibrator, calib_set, pre, settings, record, paths, prog
         rank_set = calib_set.spread(min(settings.rank_num, len(calib_set)))
         pool = pool if settings.sensitivity == "output" else None  # cosine: one model with every layer's twin
         images = (cache_images(rank_set, pre, progress=False) if pool is None else
-                  ImageFiles(pre, rank_set.labels, [str(f) for f in rank_set.files]))
+                  ImageFiles.of(rank_set, pre))
         with stage("ranking the layers", prepared.name):
             ranking = rank_layers(prepared.model, calibrator.quant_, images, settings.sensitivity, progress,
                                   prepared.table, calibrator.tensor_qparams_, pool)

@@ -117,7 +117,7 @@ class LogitEvaluator:
             self.images_ = cache_images(self.data, pre, cache_file, progress=progress,
                                         desc="decode evaluation images")
         else:
-            self.images_ = ImageFiles(pre, self.data.labels, [str(p) for p in self.data.files])
+            self.images_ = ImageFiles.of(self.data, pre)
         self.images_, self.reference_ = reference_outputs(float_model, self.images_, self.batch_size, self.pool,
                                                           progress)
         #: the order images run in: likely misses first for early decisions (see early_decision)

@@ -61,6 +61,11 @@ class RunPaths:
         return self.log_dir / "nbquant.log"
 
     @property
+    def evaluation_order(self) -> Path:
+        """auto-calibrate: the evaluation images in the order every step runs them."""
+        return self.log_dir / "evaluation_order.txt"
+
+    @property
     def ranking(self) -> Path:
         return self.results / RANKING_FILE
 

@@ -23,7 +23,8 @@ from .preprocess import Preprocess, normalize
 
 @dataclass
 class CachedImages:
-    """Decoded images with their labels and file names; ``batches`` yields model inputs."""
+    """Decoded images with their labels and files (relative to the folder); ``batches`` yields model
+    inputs."""
 
     pre: Preprocess
     labels: np.ndarray
@@ -92,7 +93,7 @@ def cache_images(dataset: ImageDataset, pre: Preprocess, path: Path | None = Non
             else:
                 chunks.append(batch.images)
             labels.append(batch.labels)
-            files += [p.name for p in batch.files]
+            files += [p.relative_to(dataset.root).as_posix() for p in batch.files]
     finally:
         if handle is not None:
             handle.close()

@@ -38,17 +38,23 @@ class ImageFiles:
     pre: Preprocess
     labels: np.ndarray
     paths: list[str]
+    root: str = "/"
+
+    @classmethod
+    def of(cls, dataset: ImageDataset, pre: Preprocess) -> "ImageFiles":
+        return cls(pre, dataset.labels, [str(p) for p in dataset.files], str(dataset.root))
 
     def __len__(self) -> int:
         return len(self.paths)
 
     @property
     def files(self) -> list[str]:
-        return [Path(p).name for p in self.paths]
+        """Relative to the folder, as in :class:`~nbquant.image_cache.CachedImages`."""
+        return [Path(p).relative_to(self.root).as_posix() for p in self.paths]
 
     def keep(self, mask: np.ndarray) -> "ImageFiles":
         """The images where ``mask`` is true (those the workers could decode)."""
-        return ImageFiles(self.pre, self.labels[mask], [p for p, k in zip(self.paths, mask) if k])
+        return ImageFiles(self.pre, self.labels[mask], [p for p, k in zip(self.paths, mask) if k], self.root)
 
 
 def batch_plan(indices, batch_size: int) -> list[np.ndarray]:
@@ -71,14 +77,15 @@ def run_plan(model, images, plan: list[np.ndarray], pool=None, simulate: bool | 
     yield from _gather(_submit(model, images, plan, pool, simulate, keep), pool)
 
 
-def _submit(model, images: ImageFiles, plan, pool, simulate, keep) -> list[tuple[list, object]]:
-    """Share the model once and submit one task per shard: ``[(shard's batches, future), ...]``."""
+def _submit(model, images: ImageFiles, plan, pool, simulate, keep, first: int = 0) -> list[tuple[list, object]]:
+    """Share the model once and submit one task per shard: ``[(shard's batches, future), ...]``;
+    shard ``i`` prefers the pool's worker ``first + i`` (modulo their number)."""
     data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else Path(model).read_bytes()
     key = hashlib.sha256(data).hexdigest()
     handle = pool.share(data)
     shards = [plan[i:i + SHARD_BATCHES] for i in range(0, len(plan), SHARD_BATCHES)]
     return [(shard, pool.submit(evaluate_shard, handle, key, [images.paths[i] for b in shard for i in b],
-                                [len(b) for b in shard], images.pre, simulate, pool.threads, keep, shard=number))
+                                [len(b) for b in shard], images.pre, simulate, pool.threads, keep, shard=first + number))
             for number, shard in enumerate(shards)]
 
 
@@ -114,8 +121,8 @@ def outputs_of(models, images, batch_size: int, pool=None, simulate: bool | None
             yield collect(run_plan(model, images, plan, simulate=simulate), len(images))[0]
         return
     queue = deque()
-    for model in models:
-        queue.append(_submit(model, images, plan, pool, simulate, keep=True))
+    for number, model in enumerate(models):  # model i's shards start at worker i: models run side by side
+        queue.append(_submit(model, images, plan, pool, simulate, keep=True, first=number))
         if len(queue) >= window:
             yield collect(_gather(queue.popleft(), pool), len(images))[0]
     while queue:

@@ -229,3 +229,8 @@ def test_early_decisions_give_the_verdicts_of_full_evaluations(real_model_path, 
             assert full == row.metric and row.images == 300
     assert result.images_evaluated < 300 * result.evaluations
     assert "decided after" in result.paths.log_file.read_text()
+    order = result.paths.evaluation_order.read_text().splitlines()  # recorded: the float model's misses first
+    files = evaluator.images_.files
+    misses = {files[i] for i in range(300) if evaluator.reference_[i].argmax() != evaluator.images_.labels[i]}
+    assert sorted(order) == sorted(files) and set(order[:len(misses)]) == misses and 0 < len(misses) < 300
+    assert json.loads(result.paths.record.read_text())["evaluation_order"]["file"] == "evaluation_order.txt"

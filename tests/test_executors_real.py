@@ -67,7 +67,7 @@ def test_ranking_on_a_thread_pool_gives_the_in_process_scores(real_model_path, r
     here = rank_layers(prepared.model, quant, cache_images(calib, pre, progress=False), progress=False,
                        output_qparams=calibrator.tensor_qparams_)
     with ThreadPoolExecutor(2) as executor:
-        files = ImageFiles(pre, calib.labels, [str(f) for f in calib.files])
+        files = ImageFiles.of(calib, pre)
         pooled = rank_layers(prepared.model, quant, files, progress=False, output_qparams=calibrator.tensor_qparams_,
                              pool=EvaluationPool(executor))
     assert pooled[["layer", "score"]].equals(here[["layer", "score"]])
