@@ -29,7 +29,8 @@ r = auto_calibrate(sys.argv[1], sys.argv[2], save_dir=sys.argv[3], settings=Auto
                    calib_data=sys.argv[5], progress=False)
 hwm = next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]
 n = len(r.ranking)
-print(json.dumps({"ok": r.ok, "int8": n - len(r.float_layers) if r.ok else 0, "layers": n,
+import nbquant
+print(json.dumps({"code": nbquant.__file__, "ok": r.ok, "int8": n - len(r.float_layers) if r.ok else 0, "layers": n,
                   "evaluations": r.evaluations, "images_evaluated": getattr(r, "images_evaluated", None),
                   "final": r.final_metric, "float_layers": r.float_layers,
                   "seconds": time.perf_counter() - start, "peak_rss_mb": int(hwm) / 1024}))
@@ -65,7 +66,8 @@ def main() -> None:
             folder = repeated_folder(data, size, Path(tmp) / f"images_{size}")
             start = time.perf_counter()
             out = subprocess.run([sys.executable, "-c", CHILD, model_path, str(folder), str(Path(tmp) / f"run_{size}"),
-                                  str(args.max_drop), data_dir], capture_output=True, text=True, env=env)
+                                  str(args.max_drop), data_dir], capture_output=True, text=True, env=env,
+                                 cwd=tmp)  # not this checkout's folder: `python -c` puts the cwd first on sys.path
             if out.returncode:
                 print(f"{size:7d} failed: {out.stderr.strip().splitlines()[-1]}")
                 continue
@@ -73,7 +75,7 @@ def main() -> None:
             evaluated = r["images_evaluated"] or r["evaluations"] * size  # older code: every evaluation runs all
             print(f"{size:7d} {str(r['ok']):>4s} {r['int8']:3d}/{r['layers']:<2d} {r['evaluations']:5d} {evaluated:16d} "
                   f"{time.perf_counter() - start:7.1f} {r['peak_rss_mb']:11.0f}  {r['final']} "
-                  f"{', '.join(r['float_layers'])}", flush=True)
+                  f"{', '.join(r['float_layers'])}  (ran {Path(r['code']).parent.parent})", flush=True)
 
 
 if __name__ == "__main__":
