@@ -7,8 +7,9 @@ What the rewrite does (the fake-quant model shares it, with float biases):
 - each enabled layer's output (after its Clip/Relu, when it has exactly one) is quantized
   too, with its own calibrated range, unless the next layer's input quantization already
   does it; the integer kernels need a quantized output to chain;
-- other ops (Add, pooling, ...) that read a quantized tensor read its dequantized value,
-  so onnxruntime can run them in int8 as well.
+- other readers of a quantized tensor (Add, pooling, ..., and layers left in float) read its
+  dequantized value, so onnxruntime can run them in int8 and the layers around a float layer
+  still fuse into integer kernels.
 A Clip/Relu right before a QuantizeLinear whose range lies inside it is exact to drop, and
 onnxruntime drops it; no other numerics change.
 """
@@ -85,11 +86,14 @@ def _first_consumer(model: onnx.ModelProto, tensor: str) -> str:
 
 
 def _reroute_consumers(model: onnx.ModelProto, dequantized: dict[str, str], enabled: set[str]) -> None:
-    """Non-layer ops read the dequantized value of a tensor that is quantized anyway."""
-    float_layers = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+    """Every other reader of a tensor that is quantized anyway reads its dequantized value: ops
+    like Add and pooling, so onnxruntime runs them in int8, and layers left in float, so the layer
+    before them still fuses into an integer kernel (a float reader of its raw output would keep it
+    in float, and cost a layout change on each side). A float layer thus sees its input rounded to
+    8 bits, as behind any integer kernel."""
     for node in model.graph.node:
-        if node.name in enabled or node.op_type in float_layers or node.op_type == "QuantizeLinear":
+        if node.name in enabled or node.op_type in ("QuantizeLinear", "DequantizeLinear"):
             continue
         for i, name in enumerate(node.input):
-            if name in dequantized and node.op_type != "DequantizeLinear":
+            if name in dequantized:
                 node.input[i] = dequantized[name]

@@ -79,11 +79,18 @@ def test_fake_quant_matches_numpy_reference(dense_model):
 
 
 def test_disabled_layer_stays_float(dense_model):
-    cal = calibrated(dense_model, batches((4, 6)), disabled=["MatMul_2"])
+    cal = calibrated(dense_model, batches((4, 6)), disabled=["MatMul_2"], per_channel=False)
     fq = make_fake_quant_model(dense_model, cal.quant_, cal.tensor_qparams_)
     matmul = next(n for n in fq.graph.node if n.op_type == "MatMul")
-    assert list(matmul.input) == ["r", "wm"]
+    producer = next(n for n in fq.graph.node if matmul.input[0] in n.output)
+    assert matmul.input[1] == "wm" and producer.op_type == "DequantizeLinear"  # float weights, 8-bit input
     assert set(cal.quant_) == {"Gemm_0"}
+    # it reads the Gemm's requantized output, so that the Gemm still fuses into an integer kernel
+    init = {i.name: numpy_helper.to_array(i) for i in dense_model.graph.initializer}
+    x, g = batches((4, 6))[0], cal.quant_["Gemm_0"]
+    h = fake_quantize(x, g.activation) @ fake_quantize(init["wg"], g.weight).T + init["bg"]
+    want = fake_quantize(np.maximum(h, 0), cal.tensor_qparams_["r"]) @ init["wm"]
+    assert np.allclose(make_session(fq).run(None, {"x": x})[0], want, atol=1e-4)
 
 
 def test_deploy_model_int8_weights_close_to_fake_quant(conv_model):
