@@ -308,7 +308,8 @@ def _run(prepared, eval_data, calib_set, pre, evaluator, settings, calib_setting
 
 def _write_order(evaluator: LogitEvaluator, paths: RunPaths, record: dict) -> None:
     """The order the steps run the images in, one file name a line (log/evaluation_order.txt)."""
-    atomic_write_text(paths.evaluation_order, "".join(f"{evaluator.images_.files[i]}\n" for i in evaluator.order_))
+    files = evaluator.images_.files
+    atomic_write_text(paths.evaluation_order, "".join(f"{files[i]}\n" for i in evaluator.order_))
     rule = ("the float model's misses first, then ascending float top-1 margin" if evaluator.decides_early
             else "file order")
     record["evaluation_order"] = {"rule": rule, "file": paths.evaluation_order.name}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from concurrent.futures import Executor
 
 from .errors import ConfigError
@@ -37,6 +38,8 @@ class EvaluationPool:
         self.executor, self.threads, self.owned = executor, threads, owned
         self.dask = _is_dask_client(executor)
         self._workers: list[str] = []
+        if self.dask:  # a task that carries its model (a one-shard plan) is meant to: no advice needed
+            warnings.filterwarnings("ignore", message="Large object of size", category=UserWarning)
 
     def __repr__(self) -> str:
         where = self.dashboard_link or type(self.executor).__name__
@@ -67,12 +70,15 @@ class EvaluationPool:
         return self.executor.scatter(data, broadcast=True, hash=True)
 
     def submit(self, fn, *args, shard: int = 0):
-        """Run ``fn(*args)``; with Dask, shard ``i`` prefers worker ``i mod n`` (its cache is there)."""
+        """Run ``fn(*args)``; with Dask, shard ``i`` prefers worker ``i mod n`` (its cache is there) and
+        runs before shard ``i + 1``."""
         if not self.dask:
             return self.executor.submit(fn, *args)
-        workers = self._workers
+        workers = self._workers or self.workers()
         preferred = [workers[shard % len(workers)]] if workers else None
-        return self.executor.submit(fn, *args, pure=False, workers=preferred, allow_other_workers=True)
+        # earlier shards first: Dask does not keep submission order, and the caller reads shards in order
+        return self.executor.submit(fn, *args, pure=False, workers=preferred, allow_other_workers=True,
+                                    priority=-shard)
 
     @staticmethod
     def cancel(futures) -> None:

@@ -17,6 +17,7 @@ import tempfile
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +48,7 @@ class ImageFiles:
     def __len__(self) -> int:
         return len(self.paths)
 
-    @property
+    @cached_property
     def files(self) -> list[str]:
         """Relative to the folder, as in :class:`~nbquant.image_cache.CachedImages`."""
         return [Path(p).relative_to(self.root).as_posix() for p in self.paths]
@@ -82,8 +83,8 @@ def _submit(model, images: ImageFiles, plan, pool, simulate, keep, first: int = 
     shard ``i`` prefers the pool's worker ``first + i`` (modulo their number)."""
     data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else Path(model).read_bytes()
     key = hashlib.sha256(data).hexdigest()
-    handle = pool.share(data)
     shards = [plan[i:i + SHARD_BATCHES] for i in range(0, len(plan), SHARD_BATCHES)]
+    handle = pool.share(data) if len(shards) > 1 else data  # one task carries its model faster than a scatter
     return [(shard, pool.submit(evaluate_shard, handle, key, [images.paths[i] for b in shard for i in b],
                                 [len(b) for b in shard], images.pre, simulate, pool.threads, keep, shard=first + number))
             for number, shard in enumerate(shards)]
