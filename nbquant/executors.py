@@ -9,6 +9,7 @@ re-runs the task elsewhere), ``cancel`` what an early decision made unnecessary.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import warnings
@@ -38,6 +39,7 @@ class EvaluationPool:
         self.executor, self.threads, self.owned = executor, threads, owned
         self.dask = _is_dask_client(executor)
         self._workers: list[str] = []
+        self._model = None  # (model, handle, sha256) of the last shared base model
         if self.dask:  # a task that carries its model (a one-shard plan) is meant to: no advice needed
             warnings.filterwarnings("ignore", message="Large object of size", category=UserWarning)
 
@@ -68,6 +70,14 @@ class EvaluationPool:
             return data
         self._workers = self.workers()
         return self.executor.scatter(data, broadcast=True, hash=True)
+
+    def share_model(self, model) -> tuple:
+        """``(handle, sha256)`` of an ONNX model shared once: the same ModelProto object is not
+        serialized, hashed or sent again."""
+        if self._model is None or self._model[0] is not model:
+            data = model.SerializeToString()
+            self._model = (model, self.share(data), hashlib.sha256(data).hexdigest())
+        return self._model[1], self._model[2]
 
     def submit(self, fn, *args, shard: int = 0):
         """Run ``fn(*args)``; with Dask, shard ``i`` prefers worker ``i mod n`` (its cache is there) and

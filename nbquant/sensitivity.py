@@ -29,7 +29,7 @@ from .evaluators import mean_kl
 from .image_cache import CachedImages
 from .graph_edit import GraphEdit, node_by_name
 from .qdq import make_fake_quant_model
-from .shard_evaluation import outputs_of, reference_outputs
+from .shard_evaluation import Derived, outputs_of, reference_outputs
 
 RANKING_COLUMNS = ["rank", "layer", "op", "score", "metric"]
 
@@ -92,7 +92,7 @@ def output_scores(model, quant, images, batch_size: int = 16, progress: bool = T
         images, reference = reference_outputs(model, images, batch_size, pool, simulate=True)
     else:
         reference = next(outputs_of([model], images, batch_size, simulate=True))
-    alone = (make_fake_quant_model(model, {name: quant[name]}, output_qparams) for name in quant)
+    alone = (Derived(model, make_fake_quant_model, ({name: quant[name]}, output_qparams)) for name in quant)
     outputs = outputs_of(alone, images, batch_size, pool, simulate=True)
     return {name: float(np.exp(-mean_kl(reference, logits)))
             for name, logits in zip(quant, tqdm(outputs, total=len(quant), desc="rank (output)",

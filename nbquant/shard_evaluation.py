@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import tempfile
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -58,6 +59,20 @@ class ImageFiles:
         return ImageFiles(self.pre, self.labels[mask], [p for p, k in zip(self.paths, mask) if k], self.root)
 
 
+@dataclass(frozen=True)
+class Derived:
+    """A model built as ``build(base, *args)``: on a pool the base model travels to each worker
+    once and the workers build the model themselves (the ranking's one-layer models: 50 models
+    from one base, each as large as the base); in this process it is built here."""
+
+    base: onnx.ModelProto
+    build: Callable
+    args: tuple
+
+    def materialize(self) -> onnx.ModelProto:
+        return self.build(self.base, *self.args)
+
+
 def batch_plan(indices, batch_size: int) -> list[np.ndarray]:
     """``indices`` cut into batches of ``batch_size``, in order."""
     indices = np.asarray(indices, dtype=np.int64)
@@ -70,7 +85,7 @@ def run_plan(model, images, plan: list[np.ndarray], pool=None, simulate: bool | 
     a worker could not decode. Closing the iterator early (an early decision) cancels the shards
     not run yet. ``keep``: workers keep the shard's pixels for later runs of the same plan."""
     if pool is None:
-        session = make_session(model, simulate=simulate)
+        session = make_session(model.materialize() if isinstance(model, Derived) else model, simulate=simulate)
         name = session.get_inputs()[0].name
         for picked in plan:
             yield picked, session.run(None, {name: images.gather(picked)})[0]
@@ -81,11 +96,16 @@ def run_plan(model, images, plan: list[np.ndarray], pool=None, simulate: bool | 
 def _submit(model, images: ImageFiles, plan, pool, simulate, keep, first: int = 0) -> list[tuple[list, object]]:
     """Share the model once and submit one task per shard: ``[(shard's batches, future), ...]``;
     shard ``i`` prefers the pool's worker ``first + i`` (modulo their number)."""
-    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else Path(model).read_bytes()
-    key = hashlib.sha256(data).hexdigest()
     shards = [plan[i:i + SHARD_BATCHES] for i in range(0, len(plan), SHARD_BATCHES)]
-    handle = pool.share(data) if len(shards) > 1 else data  # one task carries its model faster than a scatter
-    return [(shard, pool.submit(evaluate_shard, handle, key, [images.paths[i] for b in shard for i in b],
+    if isinstance(model, Derived):
+        base, base_key = pool.share_model(model.base)
+        payload = (base, base_key, model.build, model.args)
+        key = hashlib.sha256(pickle.dumps((base_key, model.build.__name__, model.args))).hexdigest()
+    else:
+        data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else Path(model).read_bytes()
+        key = hashlib.sha256(data).hexdigest()
+        payload = pool.share(data) if len(shards) > 1 else data  # one task carries its model faster than a scatter
+    return [(shard, pool.submit(evaluate_shard, payload, key, [images.paths[i] for b in shard for i in b],
                                 [len(b) for b in shard], images.pre, simulate, pool.threads, keep, shard=first + number))
             for number, shard in enumerate(shards)]
 
@@ -149,10 +169,10 @@ _shards: dict[str, CachedImages] = {}
 _session: dict[tuple, object] = {}
 
 
-def evaluate_shard(model: bytes, key: str, paths: list[str], sizes: list[int], pre: Preprocess,
+def evaluate_shard(model, key: str, paths: list[str], sizes: list[int], pre: Preprocess,
                    simulate: bool | None, threads: int | None, keep: bool) -> list[tuple]:
     """Worker task: ``(decoded mask, first output or None)`` for each batch of ``sizes`` images
-    of ``paths``."""
+    of ``paths``; ``model`` is the model's bytes or ``(base bytes, base key, build, args)``."""
     session = _session_for(model, key, simulate, threads)
     name = session.get_inputs()[0].name
     images, decoded = _shard_images(paths, pre, keep)
@@ -167,11 +187,22 @@ def evaluate_shard(model: bytes, key: str, paths: list[str], sizes: list[int], p
     return results
 
 
-def _session_for(model: bytes, key: str, simulate: bool | None, threads: int | None):
+_bases: dict[str, onnx.ModelProto] = {}
+
+
+def _session_for(model, key: str, simulate: bool | None, threads: int | None):
     wanted = (key, simulate, threads)
     if wanted not in _session:
         _session.clear()
-        _session[wanted] = make_session(onnx.load_from_string(model), threads=threads, simulate=simulate)
+        if isinstance(model, tuple):
+            base, base_key, build, args = model
+            if base_key not in _bases:
+                _bases.clear()
+                _bases[base_key] = onnx.load_from_string(base)
+            proto = build(_bases[base_key], *args)
+        else:
+            proto = onnx.load_from_string(model)
+        _session[wanted] = make_session(proto, threads=threads, simulate=simulate)
     return _session[wanted]
 
 
