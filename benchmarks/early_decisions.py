@@ -40,8 +40,8 @@ def main() -> None:
                 runs[early] = (result, time.perf_counter() - start)
         full = runs[False][0]
         for early, (result, wall) in runs.items():
-            same = (result.float_layers == full.float_layers
-                    and result.history["float_layers"].map(tuple).tolist() == full.history["float_layers"].map(tuple).tolist()
+            steps, full_steps = result.history["float_layers"].map(tuple), full.history["float_layers"].map(tuple)
+            same = (result.float_layers == full.float_layers and steps.tolist() == full_steps.tolist()
                     and result.history["ok"].tolist() == full.history["ok"].tolist())
             n = len(result.ranking)
             saved = 1 - result.images_evaluated / full.images_evaluated

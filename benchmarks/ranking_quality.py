@@ -8,7 +8,6 @@ Prints the Spearman rank correlation of each ranking's scores with both.
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 
 from common import machine, model_and_data, parser

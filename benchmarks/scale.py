@@ -73,7 +73,8 @@ def main() -> None:
                 continue
             r = json.loads(out.stdout.strip().splitlines()[-1])
             evaluated = r["images_evaluated"] or r["evaluations"] * size  # older code: every evaluation runs all
-            print(f"{size:7d} {str(r['ok']):>4s} {r['int8']:3d}/{r['layers']:<2d} {r['evaluations']:5d} {evaluated:16d} "
+            print(f"{size:7d} {str(r['ok']):>4s} {r['int8']:3d}/{r['layers']:<2d} {r['evaluations']:5d} "
+                  f"{evaluated:16d} "
                   f"{time.perf_counter() - start:7.1f} {r['peak_rss_mb']:11.0f}  {r['final']} "
                   f"{', '.join(r['float_layers'])}  (ran {Path(r['code']).parent.parent})", flush=True)
 

@@ -70,11 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     ev.add_argument("--samples", default=None, help="write the per-image results to this CSV file")
 
-    cpu = sub.add_parser("cpu", help="this CPU's int8 flags and whether onnxruntime computes int8 exactly here",
-                         description="Run tiny int8 models of each kernel kind (under a second) and print, per "
-                                     "kind, the fused onnxruntime kernel and its error in output steps with "
-                                     "full-range (|q| <= 127) and pair-safe (|q| <= 64) weights, and the deploy "
-                                     "target auto picks.")
+    sub.add_parser("cpu", help="this CPU's int8 flags and whether onnxruntime computes int8 exactly here",
+                   description="Run tiny int8 models of each kernel kind (under a second) and print, per "
+                               "kind, the fused onnxruntime kernel and its error in output steps with "
+                               "full-range (|q| <= 127) and pair-safe (|q| <= 64) weights, and the deploy "
+                               "target auto picks.")
 
     lay = sub.add_parser("layers", help="list the quantizable layers and the ops left in float",
                          description="Print the layers nbquant quantizes (after naming nodes and folding BN) "

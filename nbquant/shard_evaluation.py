@@ -30,7 +30,7 @@ from .evaluation import make_session
 from .image_cache import CachedImages, cache_images
 from .preprocess import Preprocess
 
-SHARD_BATCHES = 4  # batches per worker task: 64 images at the evaluator's batch size, so an early decision wastes little
+SHARD_BATCHES = 4  # batches per worker task: 64 images at the evaluator's batch size; an early decision wastes little
 
 
 @dataclass
@@ -104,9 +104,10 @@ def _submit(model, images: ImageFiles, plan, pool, simulate, keep, first: int = 
     else:
         data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else Path(model).read_bytes()
         key = hashlib.sha256(data).hexdigest()
-        payload = pool.share(data) if len(shards) > 1 else data  # one task carries its model faster than a scatter
+        payload = pool.share(data) if len(shards) > 1 else data  # one task carries its model faster than scatter
     return [(shard, pool.submit(evaluate_shard, payload, key, [images.paths[i] for b in shard for i in b],
-                                [len(b) for b in shard], images.pre, simulate, pool.threads, keep, shard=first + number))
+                                [len(b) for b in shard], images.pre, simulate, pool.threads, keep,
+                                shard=first + number))
             for number, shard in enumerate(shards)]
 
 

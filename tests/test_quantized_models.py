@@ -12,7 +12,7 @@ from nbquant.deploy import make_deploy_model
 from nbquant.evaluation import make_session
 from nbquant.fusion import fold_batchnorm
 from nbquant.graph import find_layers, name_nodes
-from nbquant.numerics import fake_quantize, qparams_from_range, weight_qparams
+from nbquant.numerics import fake_quantize
 from nbquant.qdq import make_fake_quant_model
 from synthetic import conv_bn_model, gemm_matmul_model
 
