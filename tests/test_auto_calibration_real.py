@@ -37,7 +37,8 @@ class HarmfulLayers:
             raise KeyboardInterrupt
         model = onnx.load(model_path)
         dequantized = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
-        quantized = {n.name for n in model.graph.node if n.input and n.input[0] in dequantized}
+        # a layer is in int8 when its weight is dequantized (a float layer may read a dequantized input)
+        quantized = {n.name for n in model.graph.node if len(n.input) > 1 and n.input[1] in dequantized}
         return 1.0 - 0.01 * len(self.harmful & quantized)
 
     def metric_eval(self, original, new):
