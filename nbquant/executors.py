@@ -41,7 +41,8 @@ class EvaluationPool:
         self._workers: list[str] = []
         self._model = None  # (model, handle, sha256) of the last shared base model
         if self.dask:  # a task that carries its model (a one-shard plan) is meant to: no advice needed
-            warnings.filterwarnings("ignore", message="Large object of size", category=UserWarning)
+            for advice in ("Large object of size", "Sending large graph"):
+                warnings.filterwarnings("ignore", message=advice, category=UserWarning)
 
     def __repr__(self) -> str:
         where = self.dashboard_link or type(self.executor).__name__
