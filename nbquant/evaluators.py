@@ -53,12 +53,12 @@ class Budget:
 
 def top1(logits, labels, reference=None) -> float:
     """Fraction of images whose highest logit is the label."""
-    return float(np.mean(np.argmax(logits, axis=1) == labels))
+    return float(np.mean(hits("top1", logits, labels, reference)))
 
 
 def agreement(logits, labels, reference) -> float:
     """Fraction of images where the model's top-1 equals the float model's (label-free)."""
-    return float(np.mean(np.argmax(logits, axis=1) == np.argmax(reference, axis=1)))
+    return float(np.mean(hits("agreement", logits, labels, reference)))
 
 
 def neg_kl(logits, labels, reference) -> float:

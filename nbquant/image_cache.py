@@ -55,9 +55,15 @@ class CachedImages:
         data = os.pread(self._file.fileno(), int(np.prod(shape)), start * self.image_bytes)
         return np.frombuffer(data, np.uint8).reshape(shape)
 
+    def pixels_at(self, indices) -> np.ndarray:
+        """uint8 pixels [len(indices), H, W, 3] of the images at ``indices``, in that order."""
+        if not len(indices):
+            return np.empty((0, self.pre.crop, self.pre.crop, 3), np.uint8)
+        return np.stack([self.read(int(i), int(i) + 1)[0] for i in indices])
+
     def gather(self, indices) -> np.ndarray:
         """Model inputs of the images at ``indices``, in that order."""
-        return normalize(np.stack([self.read(int(i), int(i) + 1)[0] for i in indices]), self.pre)
+        return normalize(self.pixels_at(indices), self.pre)
 
     def batches(self, batch_size: int):
         """Model inputs in order, ``batch_size`` images at a time."""
@@ -72,9 +78,8 @@ class CachedImages:
     def subset(self, indices) -> "CachedImages":
         """The images at ``indices`` (in that order), in memory."""
         indices = np.asarray(indices, dtype=np.int64)
-        pixels = np.stack([self.read(i, i + 1)[0] for i in indices]) if len(indices) else \
-            np.empty((0, self.pre.crop, self.pre.crop, 3), np.uint8)
-        return CachedImages(self.pre, self.labels[indices], [self.files[i] for i in indices], pixels=pixels)
+        return CachedImages(self.pre, self.labels[indices], [self.files[i] for i in indices],
+                            pixels=self.pixels_at(indices))
 
 
 def cache_images(dataset: ImageDataset, pre: Preprocess, path: Path | None = None, batch_size: int = 32,
