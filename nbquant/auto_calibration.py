@@ -24,7 +24,6 @@ from tqdm.auto import tqdm
 from .calibration import Calibrator
 from .config import config_to_dict
 from .cpu_probe import probe_int8
-from .datasets import ImageDataset
 from .deploy import make_deploy_model
 from .deploy_target import inexact_kinds_here, target_metadata
 from .errors import ConfigError, NbquantError, stage
@@ -32,8 +31,8 @@ from .evaluation import make_session
 from .evaluators import LogitEvaluator
 from .files import RunPaths, atomic_write_json, atomic_write_text, remove_dir, save_model
 from .image_cache import cache_images
-from .pipeline import (CalibrationResult, CalibrationSettings, build_config, check_preprocess, collect_statistics,
-                       prepare_model, quantize_models, resolve_preprocess, write_run)
+from .pipeline import (CalibrationResult, CalibrationSettings, bind_data, build_config, collect_statistics,
+                       describe_preprocess, prepare_model, quantize_models, write_run)
 from .qdq import make_fake_quant_model
 from .runlog import log_to_file
 from .search import STRATEGIES, BudgetExhausted
@@ -41,6 +40,7 @@ from .search_record import check_resume, load_record, new_record, read_record, s
 from .sensitivity import METHODS as SENSITIVITY_METHODS
 from .sensitivity import rank_layers, ranking_pairs
 from .shard_evaluation import ImageFiles
+from .tensor_data import TensorDataset
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class AutoSettings:
     max_evals: int = 20
     eval_num: int | None = None
     rank_num: int = 32
-    metric: str | None = None  # built-in evaluator: top1 when labeled, else agreement
+    metric: str | None = None  # built-in evaluator: top1 when labeled, else agreement (images) or cosine (arrays)
     check_deploy: bool = True  # judge the deploy model (where this CPU runs it exactly); False: the simulation
     early_decisions: bool = True  # stop an evaluation once it cannot meet the budget (top1, agreement)
 
@@ -215,9 +215,12 @@ def auto_calibrate(model, data, *, calib_data=None, evaluator=None, settings: Au
     """Quantize ``model`` with as many int8 layers as the accuracy budget allows.
 
     ``data``: evaluation images (first ``settings.eval_num``); ``calib_data``: calibration
-    images (default ``data``; first ``calib_settings.calib_num``). ``evaluator``: any object
-    with ``evaluate(model_path)`` and ``metric_eval(original, new)``; by default top-1 (or,
-    without labels, top-1 agreement with the float model) with ``settings.max_drop``.
+    images (default ``data``; ``calib_settings.calib_num`` spread over it). For models that do not
+    take images both can be arrays instead (a ``.npz``/``.npy`` file, a dict of arrays, input dicts;
+    see :mod:`nbquant.tensor_data`). ``evaluator``: any object with ``evaluate(model_path)`` and
+    ``metric_eval(original, new)``; by default top-1 (or, without labels, top-1 agreement with the
+    float model; for arrays, mean cosine similarity to the float model's output) with
+    ``settings.max_drop``.
     ``config`` (QuantConfig or config.json path) sets per-layer methods; layers it disables
     stay in float and are not searched. ``executor`` (a ``concurrent.futures.Executor`` or a
     ``dask.distributed`` Client) runs the built-in evaluator's images in shards on its workers;
@@ -227,13 +230,15 @@ def auto_calibrate(model, data, *, calib_data=None, evaluator=None, settings: Au
     settings = settings or AutoSettings()
     calib_settings = calib_settings or CalibrationSettings()
     prepared = prepare_model(model)
-    all_data = _dataset(data)
+    all_data, pre = bind_data(prepared, data, preprocess)
     eval_data = all_data.subset(min(settings.eval_num, len(all_data))) if settings.eval_num else all_data
-    calib_set = _dataset(calib_data if calib_data is not None else all_data).spread(calib_settings.calib_num)
-    pre = resolve_preprocess(prepared.model, preprocess)
-    check_preprocess(prepared.model, pre, prepared.name)
+    calib_all = bind_data(prepared, calib_data, preprocess)[0] if calib_data is not None else all_data
+    if type(calib_all) is not type(all_data):
+        raise ConfigError("calibration and evaluation data must both be images or both be arrays")
+    calib_set = calib_all.spread(calib_settings.calib_num)
     if evaluator is None:
-        metric = settings.metric or ("top1" if eval_data.labeled else "agreement")
+        unlabeled = "cosine" if isinstance(eval_data, TensorDataset) else "agreement"
+        metric = settings.metric or ("top1" if eval_data.labeled else unlabeled)
         evaluator = LogitEvaluator(eval_data, metric, settings.max_drop, settings.relative, executor=executor)
     elif executor is not None:
         raise ConfigError("executor runs the built-in evaluator's shards; a custom evaluator brings its own "
@@ -241,7 +246,7 @@ def auto_calibrate(model, data, *, calib_data=None, evaluator=None, settings: Au
     config = build_config(prepared, calib_settings, config)
     paths = RunPaths(Path(save_dir) if save_dir is not None else Path("runs") / prepared.name, prepared.name)
     run_settings = _settings_dict(model, prepared, eval_data, calib_set, settings, calib_settings, evaluator, config)
-    run_settings["preprocess"] = pre.describe()
+    run_settings["preprocess"] = describe_preprocess(pre)
     record = _open_record(paths, run_settings, list(config.layers), resume)
     temp = paths.make_temp_dir()
     try:
@@ -255,7 +260,7 @@ def auto_calibrate(model, data, *, calib_data=None, evaluator=None, settings: Au
 def _run(prepared, eval_data, calib_set, pre, evaluator, settings, calib_settings, config, paths, record, temp,
          progress, start) -> AutoCalibrationResult:
     log.info("int8 on this CPU: %s", probe_int8().describe())
-    log.info("preprocessing: %s", pre.describe())
+    log.info("preprocessing: %s", describe_preprocess(pre))
     log.info("auto calibration of %s: %d layers, budget %s %s, strategy %s, sensitivity %s, deploy target %s, "
              "save dir %s", prepared.name, len(config.layers), settings.max_drop,
              "relative" if settings.relative else "absolute", settings.strategy, settings.sensitivity,
@@ -294,7 +299,8 @@ def _run(prepared, eval_data, calib_set, pre, evaluator, settings, calib_setting
     log.info("Accuracy of global quantized model is %s", first["metric"] if first["metric"] is not None
              else f"below the target (decided after {first['images']} images)")
     pool = evaluator.pool if isinstance(evaluator, LogitEvaluator) else None
-    ranking = _ranking(prepared, calibrator, calib_set, pre, settings, record, paths, progress, pool)
+    distance = "cosine" if getattr(evaluator, "metric", None) == "cosine" else "kl"
+    ranking = _ranking(prepared, calibrator, calib_set, pre, settings, record, paths, progress, pool, distance)
     final = frozenset() if first["ok"] else _search(search, settings.strategy, list(ranking["layer"]))
     search.bar.close()
     history = load_record(paths.record)
@@ -340,17 +346,20 @@ def _search(search: _Search, strategy: str, ranked: list[str]) -> frozenset | No
     return found if found is not None else best
 
 
-def _ranking(prepared, calibrator, calib_set, pre, settings, record, paths, progress, pool) -> pd.DataFrame:
+def _ranking(prepared, calibrator, calib_set, pre, settings, record, paths, progress, pool,
+             distance) -> pd.DataFrame:
     if record.get("ranking") and record["ranking"]["method"] == settings.sensitivity:
         ranking = pd.DataFrame(record["ranking"]["rows"])
     else:
         rank_set = calib_set.spread(min(settings.rank_num, len(calib_set)))
         pool = pool if settings.sensitivity == "output" else None  # cosine: one model with every layer's twin
-        images = (cache_images(rank_set, pre, progress=False) if pool is None else
-                  ImageFiles.of(rank_set, pre))
+        if isinstance(rank_set, TensorDataset):
+            images = rank_set
+        else:
+            images = cache_images(rank_set, pre, progress=False) if pool is None else ImageFiles.of(rank_set, pre)
         with stage("ranking the layers", prepared.name):
             ranking = rank_layers(prepared.model, calibrator.quant_, images, settings.sensitivity, progress,
-                                  prepared.table, calibrator.tensor_qparams_, pool)
+                                  prepared.table, calibrator.tensor_qparams_, pool, distance)
         record["ranking"] = {"method": settings.sensitivity, "rows": ranking.to_dict(orient="records")}
         save_record(record, paths.record)
     atomic_write_json(paths.ranking, ranking_pairs(ranking))
@@ -435,10 +444,6 @@ def _settings_dict(model, prepared, eval_data, calib_set, settings, calib_settin
             "eval_data": str(eval_data.root), "eval_images": len(eval_data), "calib_data": str(calib_set.root),
             "calib_images": len(calib_set), "evaluator": repr(evaluator), **auto,
             **{f"calib_{k}": v for k, v in calib.items()}, "deploy_target": config.deploy_target.value}
-
-
-def _dataset(data) -> ImageDataset:
-    return data if isinstance(data, ImageDataset) else ImageDataset(data)
 
 
 def _jsonable(metric):

@@ -15,6 +15,7 @@ from .bias_correction import weight_error_shift
 from .channel_mean import ChannelMeanObserver
 from .config import QuantConfig, WeightRounding
 from .errors import ConfigError, NotFittedError
+from .evaluation import feed
 from .graph import Layer, _copy, constants, find_layers
 from .histogram import DEFAULT_BINS, HistogramObserver
 from .input_covariance import CovarianceObserver, from_weight_matrix, weight_matrix
@@ -77,14 +78,13 @@ def observe(session, names: list[str], batches, bins: int = DEFAULT_BINS, mean_n
     Returns histograms of every named tensor and per-channel means of those in ``mean_names``;
     ``extra`` (tensor name, observer) pairs, e.g. input covariances, are fed in place.
     """
-    input_name = session.get_inputs()[0].name
     observers = [(name, HistogramObserver(bins)) for name in names]
     observers += [(name, ChannelMeanObserver()) for name in mean_names]
     observers += list(extra)
     index = {name: i for i, name in enumerate(names)}
     with ThreadPoolExecutor(max_workers=2) as pool:
         for batch in batches:
-            outputs = session.run(names, {input_name: batch})
+            outputs = session.run(names, feed(session, batch))
             list(pool.map(lambda pair: pair[1].partial_fit(outputs[index[pair[0]]]), observers))
     histograms = {n: o for n, o in observers if isinstance(o, HistogramObserver)}
     means = {n: o for n, o in observers if isinstance(o, ChannelMeanObserver)}

@@ -26,7 +26,9 @@ def _data_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data and preprocessing")
     group.add_argument("--data", default=None,
                        help="image folder: ImageNet wnid file names, class sub-folders, or unlabeled "
-                            "(default: $NBQUANT_DATA, else data/)")
+                            "(default: $NBQUANT_DATA, else data/); or, for models that do not take images, a .npz "
+                            "file with one array [N, ...] per model input name (optional int 'labels' [N]) or a "
+                            ".npy file for a single-input model")
     group.add_argument("--preset", default=None,
                        help="preprocessing preset: half ((x-0.498)/0.502), imagenet (torchvision mean/std), "
                             "inception; default: the model's metadata, else half")
@@ -105,9 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--max-drop", type=float, default=0.005,
                        help="largest acceptable metric drop, e.g. 0.005 = half a point of top-1 (default)")
     group.add_argument("--relative", action="store_true", help="--max-drop is relative to the float metric")
-    group.add_argument("--metric", choices=["top1", "agreement", "kl"], default=None,
+    group.add_argument("--metric", choices=["top1", "agreement", "kl", "cosine"], default=None,
                        help="top1 (needs labels; default when labeled) or label-free fidelity to the float "
-                            "model: agreement of top-1 (default when unlabeled) or kl (minus mean softmax KL)")
+                            "model: agreement of top-1 (default for unlabeled images), kl (minus mean softmax KL) "
+                            "or cosine (mean cosine similarity of the outputs, e.g. embeddings; default for arrays)")
     group.add_argument("--strategy", choices=["refine", "binary", "greedy"], default="refine",
                        help="refine (default): doubling + bisection, then put layers back when the target holds; "
                             "binary: the reference tool's prefix bisection; greedy: one layer at a time")
@@ -157,13 +160,21 @@ def _model_path(args) -> Path:
 
 
 def _dataset(args):
-    from .datasets import ImageDataset
-    return ImageDataset(args.data if args.data else settings.data_dir())
+    from .tensor_data import open_data
+    return open_data(args.data if args.data else settings.data_dir())
 
 
-def _preprocess(args, model_proto):
+def _preprocess(args, model_proto, data=None):
+    """The image preprocessing the flags, the model's metadata or its input shape give; None for arrays."""
+    from .errors import ConfigError
     from .pipeline import resolve_preprocess
     from .preprocess import resize_for_crop
+    from .tensor_data import TensorDataset
+    if isinstance(data, TensorDataset):
+        given = [f"--{k}" for k in ("preset", "resize", "crop", "layout") if getattr(args, k) is not None]
+        if given:
+            raise ConfigError(f"{' '.join(given)} preprocess images, but {data.root} holds arrays")
+        return None
     pre = resolve_preprocess(model_proto, args.preset)
     changes = {k: getattr(args, k) for k in ("resize", "crop", "layout") if getattr(args, k) is not None}
     if "crop" in changes and "resize" not in changes:
@@ -178,6 +189,11 @@ def cmd_evaluate(args) -> int:
     path = _model_path(args)
     model = load_model(path)
     data = _dataset(args)
+    from .tensor_data import TensorDataset
+    if isinstance(data, TensorDataset):
+        from .errors import ConfigError
+        raise ConfigError(f"evaluate reports top-1/top-5 of image classifiers; {data.root} holds arrays (use "
+                          "calibrate --eval-num N for the cosine similarity of the quantized outputs)")
     pre = _preprocess(args, model)
     check_preprocess(model, pre, str(path))
     result = evaluate(model, data, pre, batch_size=args.batch_size, limit=args.limit)
@@ -222,7 +238,7 @@ def cmd_calibrate(args) -> int:
     data = _dataset(args)
     calib_settings = _calib_settings(args)
     from .graph import load_model
-    pre = _preprocess(args, load_model(path))
+    pre = _preprocess(args, load_model(path), data)
     save_dir = Path(args.save_dir) if args.save_dir else Path("runs") / path.stem
     result = calibrate(path, data, save_dir, calib_settings, args.config, pre)
     table = result.layers[["layer", "kind", "enabled", "clip_min", "clip_max", "act_scale",
@@ -234,13 +250,26 @@ def cmd_calibrate(args) -> int:
                         ("deploy model", result.paths.deploy_model), ("config", result.paths.config),
                         ("scales", result.paths.scale_offset_record), ("log", result.paths.log_file)):
         print(f"{label}: {file}")
-    if args.eval_num != 0:
+    if args.eval_num != 0 and pre is None:
+        _print_fidelity(result, data, args.eval_num, args.batch_size)
+    elif args.eval_num != 0:
         limit = args.eval_num
         for label, model in (("float", result.prepared.model), ("fake-quant", result.fake_quant_model),
                              ("deploy", result.deploy_model)):
             r = evaluate(model, data, pre, batch_size=args.batch_size, limit=limit, progress=False)
             print(f"top-1 {label}: {r.top1:.4f} (top-5 {r.top5:.4f}, {r.n} images)")
     return 0
+
+
+def _print_fidelity(result, data, limit, batch_size) -> None:
+    """Mean cosine similarity of the fake-quant and deploy models' outputs to the float model's (arrays)."""
+    from .evaluators import LogitEvaluator
+    data = data.bind(result.prepared.model)
+    data = data.subset(min(limit, len(data))) if limit else data
+    evaluator = LogitEvaluator(data, "cosine", batch_size=batch_size).prepare(result.prepared.model, None,
+                                                                              progress=False)
+    for label, model in (("fake-quant", result.fake_quant_model), ("deploy", result.deploy_model)):
+        print(f"mean cosine similarity to float, {label}: {evaluator.evaluate(model):.5f} ({len(data)} samples)")
 
 
 def _calib_settings(args):
@@ -262,7 +291,7 @@ def cmd_auto_calibrate(args) -> int:
     calib_settings = _calib_settings(args)
     path = _model_path(args)
     data = _dataset(args)
-    pre = _preprocess(args, load_model(path))
+    pre = _preprocess(args, load_model(path), data)
     save_dir = Path(args.save_dir) if args.save_dir else Path("runs") / path.stem
     pool = open_pool(args.scheduler, args.workers)
     if pool is not None:

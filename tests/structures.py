@@ -58,12 +58,15 @@ class Builder:
         w = self.rng.normal(0, 1.0 / np.sqrt(channels), (CLASSES, channels)).astype(np.float32)
         return self.node("Gemm", [pooled, self.const(w, "w"), self.const(np.zeros(CLASSES, np.float32))], transB=1)
 
-    def model(self, x_shape: list, y: str, name: str) -> onnx.ModelProto:
+    def model(self, x_shape: list, y: str, name: str, inputs: list | None = None, y_dim: int = CLASSES
+              ) -> onnx.ModelProto:
+        """The checked model with input ``x`` of ``x_shape`` (or the given ``inputs``) and output ``y``."""
         self.nodes[-1].output[0] = "y"
         for node in self.nodes:  # the last output was renamed
             node.input[:] = ["y" if i == y else i for i in node.input]
-        graph = helper.make_graph(self.nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
-                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, CLASSES])], self.inits)
+        inputs = inputs or [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)]
+        graph = helper.make_graph(self.nodes, name, inputs,
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, y_dim])], self.inits)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)])
         model.ir_version = 7
         onnx.checker.check_model(model, full_check=True)
@@ -111,42 +114,80 @@ def softmax_output(seed: int = 0) -> onnx.ModelProto:
     return b.model([None, 3, SIZE, SIZE], b.node("Softmax", [b.head(x, 32)], axis=1), "softmax_output")
 
 
+def encoder_block(b: Builder, x: str, tokens: int, dim: int, heads: int) -> str:
+    """One pre-norm transformer block as PyTorch exports it (Shape/Gather read the layer input)."""
+    head_dim = dim // heads
+    h = b.node("LayerNormalization", [x, b.const(np.ones(dim, np.float32)), b.const(np.zeros(dim, np.float32))],
+               axis=-1)
+    batch = b.node("Gather", [b.node("Shape", [h]), b.const(np.array(0, np.int64))], axis=0)
+    split_shape = b.node("Concat", [b.node("Unsqueeze", [batch, b.const(np.array([0], np.int64))]),
+                                    b.const(np.array([tokens, 3, heads, head_dim], np.int64))], axis=0)
+    qkv = b.node("Reshape", [b.matmul(h, dim, 3 * dim), split_shape])     # [N, T, 3, H, d]
+    qkv = b.node("Transpose", [qkv], perm=[2, 0, 3, 1, 4])                 # [3, N, H, T, d]
+    q, k, v = (b.node("Gather", [qkv, b.const(np.array(i, np.int64))], axis=0) for i in range(3))
+    scores = b.node("MatMul", [q, b.node("Transpose", [k], perm=[0, 1, 3, 2])])
+    scores = b.node("Mul", [scores, b.const(np.float32(head_dim ** -0.5))])
+    attn = b.node("MatMul", [b.node("Softmax", [scores], axis=-1), v])      # [N, H, T, d]
+    merge_shape = b.node("Concat", [b.node("Unsqueeze", [batch, b.const(np.array([0], np.int64))]),
+                                    b.const(np.array([tokens, dim], np.int64))], axis=0)
+    attn = b.node("Reshape", [b.node("Transpose", [attn], perm=[0, 2, 1, 3]), merge_shape])
+    x = b.node("Add", [x, b.matmul(attn, dim, dim)])
+    h = b.node("LayerNormalization", [x, b.const(np.ones(dim, np.float32)), b.const(np.zeros(dim, np.float32))],
+               axis=-1)
+    h = b.matmul(h, dim, 2 * dim)
+    gelu = b.node("Mul", [b.node("Mul", [h, b.const(np.float32(0.5))]),
+                          b.node("Add", [b.node("Erf", [b.node("Div", [h, b.const(np.float32(2 ** 0.5))])]),
+                                         b.const(np.float32(1.0))])])
+    x = b.node("Add", [x, b.matmul(gelu, 2 * dim, dim)])
+    return x
+
+
 def vit(seed: int = 0, depth: int = 2, dim: int = 32, heads: int = 2) -> onnx.ModelProto:
     """A ViT block stack as PyTorch exports it: Conv patch embedding, LayerNormalization, MatMul
     with constant weights, Erf-GELU, Softmax attention with activation x activation MatMuls, and
     Shape/Gather nodes that read a layer's input before the layer."""
     b = Builder(seed, 17)
-    patch, tokens, head_dim = 4, (SIZE // 4) ** 2, dim // heads
+    patch, tokens = 4, (SIZE // 4) ** 2
     x = b.conv("x", 3, dim, patch, patch, pad=0)                               # [N, dim, 8, 8]
     x = b.node("Transpose", [b.node("Reshape", [x, b.const(np.array([0, dim, tokens], np.int64))])],
                perm=[0, 2, 1])                                                 # [N, T, dim]
     for _ in range(depth):
-        h = b.node("LayerNormalization", [x, b.const(np.ones(dim, np.float32)), b.const(np.zeros(dim, np.float32))],
-                   axis=-1)
-        batch = b.node("Gather", [b.node("Shape", [h]), b.const(np.array(0, np.int64))], axis=0)
-        split_shape = b.node("Concat", [b.node("Unsqueeze", [batch, b.const(np.array([0], np.int64))]),
-                                        b.const(np.array([tokens, 3, heads, head_dim], np.int64))], axis=0)
-        qkv = b.node("Reshape", [b.matmul(h, dim, 3 * dim), split_shape])     # [N, T, 3, H, d]
-        qkv = b.node("Transpose", [qkv], perm=[2, 0, 3, 1, 4])                 # [3, N, H, T, d]
-        q, k, v = (b.node("Gather", [qkv, b.const(np.array(i, np.int64))], axis=0) for i in range(3))
-        scores = b.node("MatMul", [q, b.node("Transpose", [k], perm=[0, 1, 3, 2])])
-        scores = b.node("Mul", [scores, b.const(np.float32(head_dim ** -0.5))])
-        attn = b.node("MatMul", [b.node("Softmax", [scores], axis=-1), v])      # [N, H, T, d]
-        merge_shape = b.node("Concat", [b.node("Unsqueeze", [batch, b.const(np.array([0], np.int64))]),
-                                        b.const(np.array([tokens, dim], np.int64))], axis=0)
-        attn = b.node("Reshape", [b.node("Transpose", [attn], perm=[0, 2, 1, 3]), merge_shape])
-        x = b.node("Add", [x, b.matmul(attn, dim, dim)])
-        h = b.node("LayerNormalization", [x, b.const(np.ones(dim, np.float32)), b.const(np.zeros(dim, np.float32))],
-                   axis=-1)
-        h = b.matmul(h, dim, 2 * dim)
-        gelu = b.node("Mul", [b.node("Mul", [h, b.const(np.float32(0.5))]),
-                              b.node("Add", [b.node("Erf", [b.node("Div", [h, b.const(np.float32(2 ** 0.5))])]),
-                                             b.const(np.float32(1.0))])])
-        x = b.node("Add", [x, b.matmul(gelu, 2 * dim, dim)])
+        x = encoder_block(b, x, tokens, dim, heads)
     pooled = b.node("ReduceMean", [x], axes=[1], keepdims=0)
     w = b.rng.normal(0, 1.0 / np.sqrt(dim), (CLASSES, dim)).astype(np.float32)
     y = b.node("Gemm", [pooled, b.const(w, "w"), b.const(np.zeros(CLASSES, np.float32))], transB=1)
     return b.model([None, 3, SIZE, SIZE], y, "vit_blocks")
+
+
+TEXT_TOKENS, TEXT_VOCAB = 16, 50
+
+
+def text_encoder(seed: int = 0, depth: int = 2, dim: int = 32, heads: int = 2) -> onnx.ModelProto:
+    """A sentence encoder that takes no image: int64 ``input_ids`` and ``attention_mask`` [N, 16],
+    token and position embeddings (Gather), transformer blocks, masked mean pooling; its output is
+    an embedding [N, dim], not class scores."""
+    b = Builder(seed, 17)
+    table = b.rng.normal(0, 1.0, (TEXT_VOCAB, dim)).astype(np.float32)
+    positions = b.rng.normal(0, 0.3, (1, TEXT_TOKENS, dim)).astype(np.float32)
+    x = b.node("Add", [b.node("Gather", [b.const(table, "embeddings"), "input_ids"], axis=0), b.const(positions)])
+    for _ in range(depth):
+        x = encoder_block(b, x, TEXT_TOKENS, dim, heads)
+    mask = b.node("Unsqueeze", [b.node("Cast", ["attention_mask"], to=TensorProto.FLOAT),
+                                b.const(np.array([2], np.int64))])                 # [N, T, 1]
+    total = b.node("ReduceSum", [b.node("Mul", [x, mask]), b.const(np.array([1], np.int64))], keepdims=0)
+    count = b.node("ReduceSum", [mask, b.const(np.array([1], np.int64))], keepdims=0)
+    y = b.node("Div", [total, b.node("Max", [count, b.const(np.float32(1e-9))])])
+    inputs = [helper.make_tensor_value_info(name, TensorProto.INT64, [None, TEXT_TOKENS])
+              for name in ("input_ids", "attention_mask")]
+    return b.model([], y, "text_encoder", inputs, dim)
+
+
+def text_samples(n: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """``n`` random token sequences with 4 to 16 real tokens (the rest padding) for :func:`text_encoder`."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(4, TEXT_TOKENS + 1, n)
+    mask = (np.arange(TEXT_TOKENS)[None, :] < lengths[:, None]).astype(np.int64)
+    return {"input_ids": rng.integers(1, TEXT_VOCAB, (n, TEXT_TOKENS)) * mask, "attention_mask": mask}
 
 
 STRUCTURES = {"mobilenet_v2_opset11": mobilenet_v2, "resnet_style": resnet, "vit_blocks": vit,

@@ -7,13 +7,27 @@ from .efficientnet_lite import (
     save_model,
     state_dict_shapes,
 )
+from .minilm import (
+    build_minilm,
+    encode_sentences,
+    find_minilm_zip,
+    load_tokenizer,
+    sample_sentences,
+    save_minilm,
+)
 from .torch_pickle import load_state_dict
 
 __all__ = [
     "VARIANTS",
     "build_efficientnet_lite",
+    "build_minilm",
+    "encode_sentences",
+    "find_minilm_zip",
     "find_weights",
     "load_state_dict",
+    "load_tokenizer",
+    "sample_sentences",
+    "save_minilm",
     "save_model",
     "state_dict_shapes",
 ]

@@ -1,0 +1,106 @@
+"""Models that do not take images: arrays from .npz/.npy files, dicts or input dicts, through
+calibration, evaluation, ranking, auto calibration and the command line (a synthetic sentence
+encoder from tests/structures.py; the real one is in test_minilm_real.py)."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from nbquant.auto_calibration import AutoSettings, auto_calibrate
+from nbquant.cli import main
+from nbquant.errors import ConfigError, DataError
+from nbquant.evaluation import make_session
+from nbquant.evaluators import LogitEvaluator, cosine_similarity
+from nbquant.pipeline import CalibrationSettings, calibrate
+from nbquant.tensor_data import TensorDataset, open_data
+from structures import text_encoder, text_samples
+
+CALIB = CalibrationSettings(calib_num=32, batch_size=8)
+
+
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("text")
+    path = folder / "text_encoder.onnx"
+    onnx.save(text_encoder(), path)
+    np.savez(folder / "samples.npz", **text_samples(160))
+    return path, folder / "samples.npz"
+
+
+def test_array_sources_agree_and_sample_like_image_folders(encoder):
+    _, npz = encoder
+    arrays = text_samples(160)
+    rows = [{k: v[i] for k, v in arrays.items()} for i in range(160)]
+    from_file, from_dict, from_rows = open_data(npz), open_data(arrays), open_data(rows)
+    for data in (from_dict, from_rows):
+        assert len(data) == 160 and all(np.array_equal(data.inputs[k], from_file.inputs[k]) for k in arrays)
+    spread = from_file.spread(4)
+    assert spread.files == ["samples.npz[0]", "samples.npz[40]", "samples.npz[80]", "samples.npz[120]"]
+    assert np.array_equal(spread.gather([1])["input_ids"], arrays["input_ids"][[40]])
+    batches = list(from_file.subset(10, offset=5).iter_batches(batch_size=4))
+    assert [len(b.labels) for b in batches] == [4, 4, 2] and not from_file.labeled
+    assert np.array_equal(batches[0].images["attention_mask"], arrays["attention_mask"][5:9])
+
+
+def test_bad_arrays_name_the_source_and_input(encoder, tmp_path):
+    model = onnx.load(str(encoder[0]))
+    arrays = text_samples(8)
+    with pytest.raises(DataError, match=r"missing \['attention_mask'\]"):
+        TensorDataset({"input_ids": arrays["input_ids"]}, source="x.npz").bind(model)
+    with pytest.raises(DataError, match="x.npz: input input_ids is int32, the model wants int64"):
+        TensorDataset({**arrays, "input_ids": arrays["input_ids"].astype(np.int32)}, source="x.npz").bind(model)
+    with pytest.raises(DataError, match=r"input attention_mask has shape \[8, 9\], the model wants \['N', 16\]"):
+        TensorDataset({**arrays, "attention_mask": arrays["attention_mask"][:, :9]}, source="x.npz").bind(model)
+    with pytest.raises(DataError, match="different numbers of samples"):
+        TensorDataset({**arrays, "attention_mask": arrays["attention_mask"][:5]})
+    with pytest.raises(DataError, match="input input_ids of sample 1 has shape"):
+        TensorDataset.from_dicts([{"input_ids": np.zeros(3)}, {"input_ids": np.zeros(4)}])
+    np.save(tmp_path / "one.npy", arrays["input_ids"])
+    with pytest.raises(DataError, match="one unnamed array but the model has 2 inputs"):
+        open_data(tmp_path / "one.npy").bind(model)
+    with pytest.raises(DataError, match="does not exist"):
+        open_data(tmp_path / "missing.npz")
+
+
+def test_calibrate_and_auto_calibrate_on_arrays(encoder, tmp_path):
+    path, npz = encoder
+    run = calibrate(path, npz, tmp_path / "calibrate", CALIB, progress=False)
+    assert len(run.config.enabled) == len(run.prepared.layers) == 8  # 4 MatMul a block; attention MatMuls stay float
+    data = open_data(npz).bind(run.prepared.model)
+    float_out = make_session(path).run(None, data.gather(np.arange(64)))[0]
+    deploy_out = make_session(run.deploy_model).run(None, data.gather(np.arange(64)))[0]
+    assert float_out.shape == deploy_out.shape == (64, 32)
+    fidelity = cosine_similarity(float_out, deploy_out)
+    assert fidelity.min() > 0.99 and not np.allclose(float_out, deploy_out)
+    result = auto_calibrate(path, npz, save_dir=tmp_path / "auto", calib_settings=CALIB, progress=False,
+                            settings=AutoSettings(max_drop=0.0001, rank_num=16))
+    assert result.ok, result.message
+    record = json.loads(result.paths.record.read_text())
+    assert "cosine" in record["settings"]["evaluator"] and record["settings"]["preprocess"].startswith("none")
+    assert 0 < len(result.float_layers) < 8 and result.deploy_metric >= 1 - 0.0001
+    assert result.history["loss"].iloc[1] > 0.0001  # all-int8 misses this tight budget: the search ran
+    assert (result.ranking["metric"] == "output").all() and result.ranking["score"].between(0.99, 1).all()
+
+
+def test_array_data_refuses_image_settings_and_executors(encoder):
+    path, npz = encoder
+    with pytest.raises(ConfigError, match="holds arrays"):
+        calibrate(path, npz, settings=CALIB, preprocess="imagenet", progress=False)
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(1) as pool, pytest.raises(ConfigError, match="evaluated in this process"):
+        LogitEvaluator(open_data(npz), "cosine", executor=pool)
+
+
+def test_command_line_takes_npz(encoder, tmp_path, capsys):
+    path, npz = encoder
+    code = main(["calibrate", str(path), "--data", str(npz), "--calib-num", "32", "--save-dir",
+                 str(tmp_path / "cli"), "--eval-num", "64"])
+    out = capsys.readouterr().out
+    assert code == 0 and "mean cosine similarity to float, deploy: 0.99" in out
+    assert main(["calibrate", str(path), "--data", str(npz), "--crop", "32"]) == 2
+    assert "--crop preprocess images" in capsys.readouterr().err
+    code = main(["auto-calibrate", str(path), "--data", str(npz), "--calib-num", "32", "--rank-num", "16",
+                 "--max-drop", "0.01", "--save-dir", str(tmp_path / "auto")])
+    assert code == 0 and "target met: 8 of 8 layers in int8" in capsys.readouterr().out
