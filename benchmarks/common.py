@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import collections
 import os
+from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 from nbquant import settings
@@ -34,3 +37,17 @@ def latency_ms(model, batch: int, runs: int | None = None, shape=(3, 224, 224)) 
     """Median wall time (ms) of one inference at ``batch`` with onnxruntime's default fusions."""
     x = np.random.default_rng(0).normal(size=(batch, *shape)).astype(np.float32)
     return measure_latency(model, x, runs or (50 if batch == 1 else 8))
+
+
+INTEGER_OPS = ("QLinearConv", "QGemm", "QLinearMatMul", "MatMulIntegerToFloat", "DynamicQuantizeMatMul",
+               "QLinearAdd", "ConvInteger", "MatMulInteger", "QAttention", "DynamicQuantizeLinear")
+
+
+def integer_kernels(model_path: Path, folder: Path) -> str:
+    """The integer kernels onnxruntime runs ``model_path`` on, counted in its optimized graph."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.optimized_model_filepath = str(Path(folder) / f"{Path(model_path).stem}.optimized.onnx")
+    ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    ops = collections.Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
+    return ", ".join(f"{ops[op]} {op}" for op in INTEGER_OPS if ops[op]) or "none"

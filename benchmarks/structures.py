@@ -15,9 +15,8 @@ import tempfile
 from pathlib import Path
 
 import onnx
-import onnxruntime as ort
 
-from common import machine, model_and_data, parser
+from common import integer_kernels, machine, model_and_data, parser
 from nbquant.auto_calibration import AutoSettings, auto_calibrate
 from nbquant.datasets import ImageDataset
 from nbquant.evaluation import predictions
@@ -26,19 +25,6 @@ from nbquant.pipeline import CalibrationSettings, calibrate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from structures import STRUCTURES  # noqa: E402
-
-INTEGER_OPS = ("QLinearConv", "QGemm", "QLinearMatMul", "MatMulIntegerToFloat", "QLinearAdd", "ConvInteger",
-               "MatMulInteger")
-
-
-def integer_kernels(model_path: Path, folder: Path) -> str:
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.optimized_model_filepath = str(folder / "optimized.onnx")
-    ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
-    ops = collections.Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
-    return ", ".join(f"{ops[op]} {op}" for op in INTEGER_OPS if ops[op])
-
 
 def main() -> None:
     args = parser(__doc__).parse_args()

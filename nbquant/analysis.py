@@ -11,7 +11,7 @@ import pandas as pd
 from .clip_methods import METHODS as CLIP_METHODS
 from .clip_methods import clip_error
 from .errors import ConfigError
-from .evaluation import evaluate, make_session
+from .evaluation import feed, evaluate, make_session
 from .numerics import INT8, UINT8
 
 WHY_COLUMNS = {"act_sqnr_db": "low activation SQNR", "clipped_fraction": "many values clipped",
@@ -153,15 +153,16 @@ def rank_correlation(a, b) -> float:
     return round(float(np.corrcoef(ra, rb)[0, 1]), 12)
 
 
-def measure_latency(model, image: np.ndarray, repeats: int = 20) -> float:
-    """Median milliseconds of one run of ``model`` on ``image`` [1, ...], after one warm-up run."""
+def measure_latency(model, image, repeats: int = 20) -> float:
+    """Median milliseconds of one run of ``model`` on ``image`` [1, ...] (or a feed dict of arrays),
+    after one warm-up run."""
     session = make_session(model)
-    name = session.get_inputs()[0].name
-    session.run(None, {name: image})
+    inputs = feed(session, image)
+    session.run(None, inputs)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        session.run(None, {name: image})
+        session.run(None, inputs)
         times.append(time.perf_counter() - start)
     return 1000.0 * float(np.median(times))
 

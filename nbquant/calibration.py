@@ -41,6 +41,7 @@ class LayerQuant:
     clip: tuple[float, float]
     bias: np.ndarray | None = None
     rounding: str = "nearest"  # nearest, or gptq(damping) as weight_rounding.choose_rounding chose
+    dynamic: bool = False  # the input is quantized on each run (MatMul), not with ``activation``
 
 
 def post_layer_tensor(model: onnx.ModelProto, layer: Layer) -> str:
@@ -158,7 +159,8 @@ class Calibrator:
         if settings.weight.bias_correction and layer.input in self.means_:
             w_fq = dequantize(weight_q, weight, layer.weight_axis)
             bias = self._corrected_bias(layer, w_fq, values, group)
-        return LayerQuant(layer, activation, weight, weight_q, clip, bias, rounding)
+        dynamic = settings.activation.dynamic and layer.op == "MatMul"
+        return LayerQuant(layer, activation, weight, weight_q, clip, bias, rounding, dynamic)
 
     def _round_weight(self, layer: Layer, w: np.ndarray, weight: QParams, rounding: WeightRounding):
         """Integer weights and how they were rounded (GPTQ where asked for and its statistics exist)."""
@@ -202,7 +204,7 @@ def _table_row(layer: Layer, settings, quant: LayerQuant, observer: HistogramObs
     old_bias = values[layer.bias] if layer.bias else 0.0
     return {
         "layer": layer.name, "op": layer.op, "kind": layer.kind, "enabled": settings.enabled,
-        "act_method": settings.activation.method.value,
+        "act_method": "dynamic" if quant.dynamic else settings.activation.method.value,
         "act_min": observer.min_, "act_max": observer.max_,
         "clip_min": quant.clip[0], "clip_max": quant.clip[1],
         "act_scale": float(quant.activation.scale), "act_zero_point": int(quant.activation.zero_point),

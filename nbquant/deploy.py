@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+from onnx import TensorProto, helper
 
 from .calibration import LayerQuant, post_layer_tensor
 from .deploy_target import target_metadata
@@ -42,8 +43,12 @@ def quantize_graph(model: onnx.ModelProto, quant: dict[str, LayerQuant], output_
     values = constants(edit.model)
     nodes = node_by_name(edit.model)
     dequantized: dict[str, str] = {}  # float tensor -> its dequantized twin
+    dynamic = {name for name, lq in quant.items() if lq.dynamic}
     for name, lq in quant.items():
         node = nodes[name]
+        if name in dynamic:
+            _dynamic_matmul(edit, node, lq)
+            continue
         # ahead of the tensor's first reader: other readers (a Shape, an Add) may come before the layer
         first = _first_consumer(edit.model, lq.layer.input)
         node.input[0] = edit.quantize_dequantize(first, lq.layer.input, f"{name}/input", lq.activation)
@@ -55,12 +60,41 @@ def quantize_graph(model: onnx.ModelProto, quant: dict[str, LayerQuant], output_
             set_bias(node, edit.constant(f"{name}/corrected_bias", lq.bias))
     graph_outputs = {o.name for o in edit.model.graph.output}
     for name, lq in quant.items():
+        if name in dynamic:  # its output is float: the next layer quantizes its own input
+            continue
         post = post_layer_tensor(edit.model, lq.layer)
         if post not in dequantized and post not in graph_outputs:
             consumer = _first_consumer(edit.model, post)
             dequantized[post] = edit.quantize_dequantize(consumer, post, f"{name}/output", output_qparams[post])
     _reroute_consumers(edit.model, dequantized, set(quant))
     return edit
+
+
+def _dynamic_matmul(edit: GraphEdit, node: onnx.NodeProto, lq: LayerQuant) -> None:
+    """The layer as onnxruntime's dynamic quantization writes it, which it fuses into
+    DynamicQuantizeMatMul: DynamicQuantizeLinear (uint8, range of this run's input), MatMulInteger with
+    the int8 weights (exact int32 sums), Cast, and a Mul by input scale x weight scale. Both quantized
+    models use it: it is exact integer arithmetic, so there is nothing to simulate."""
+    name, output = node.name, node.output[0]
+    x = node.input[0]
+    q, scale, zero_point = (f"{name}/input_{part}" for part in ("quantized", "scale", "zero_point"))
+    edit.add_node(name, helper.make_node("DynamicQuantizeLinear", [x], [q, scale, zero_point],
+                                         name=f"{name}/input/DynamicQuantizeLinear"))
+    weight_scale = np.asarray(lq.weight.scale, np.float32)
+    weight_scale = weight_scale.reshape(-1) if weight_scale.size > 1 else weight_scale.reshape(())
+    weight = edit.constant(f"{name}/weight_quantized", lq.weight_q)
+    weight_zero = edit.constant(f"{name}/weight_zero_point", np.zeros(weight_scale.shape, lq.weight_q.dtype))
+    node.op_type = "MatMulInteger"
+    node.input[:] = [q, weight, zero_point, weight_zero]
+    node.output[0] = f"{name}/int32"
+    del node.attribute[:]
+    combined = f"{name}/output_scale"
+    edit.after.setdefault(name, []).extend([
+        helper.make_node("Cast", [f"{name}/int32"], [f"{name}/float"], name=f"{name}/Cast", to=TensorProto.FLOAT),
+        helper.make_node("Mul", [scale, edit.constant(f"{name}/weight_scale", weight_scale)], [combined],
+                         name=f"{name}/scale/Mul"),
+        helper.make_node("Mul", [f"{name}/float", combined], [output], name=f"{name}/output/Mul"),
+    ])
 
 
 def _integer_bias(edit: GraphEdit, node: onnx.NodeProto, lq: LayerQuant, values) -> None:

@@ -22,6 +22,7 @@ class GraphEdit:
     def __init__(self, model: onnx.ModelProto):
         self.model = upgrade_opset(_copy(model))
         self.before: dict[str, list[onnx.NodeProto]] = {}
+        self.after: dict[str, list[onnx.NodeProto]] = {}
         self.initializers: list[onnx.TensorProto] = []
 
     def constant(self, name: str, value: np.ndarray) -> str:
@@ -69,6 +70,7 @@ class GraphEdit:
         for node in graph.node:
             nodes.extend(self.before.get(node.name, []))
             nodes.append(node)
+            nodes.extend(self.after.get(node.name, []))
         del graph.node[:]
         graph.node.extend(nodes)
         graph.initializer.extend(self.initializers)

@@ -38,8 +38,9 @@ METADATA_PREFIX = "nbquant.preprocess."
 
 @dataclass(frozen=True)
 class CalibrationSettings:
-    """How to calibrate: images used, activation method and symmetry, weight granularity, and the
-    deploy target (which CPUs the deploy model must be exact on; see :mod:`nbquant.deploy_target`)."""
+    """How to calibrate: images used, activation method and symmetry (``dynamic``: MatMul inputs
+    quantized on each run), weight granularity, and the deploy target (which CPUs the deploy model
+    must be exact on; see :mod:`nbquant.deploy_target`)."""
 
     calib_num: int = 100
     act_method: ActMethod = DEFAULT_ACT_METHOD
@@ -50,6 +51,7 @@ class CalibrationSettings:
     bins: int = 4096
     deploy_target: DeployTarget = DeployTarget.AUTO
     weight_rounding: WeightRounding = WeightRounding.GPTQ
+    dynamic: bool = False  # MatMul layers quantize their input on each run (see ActivationQuant.dynamic)
 
     def __post_init__(self):
         object.__setattr__(self, "act_method", ActMethod.parse(self.act_method))
@@ -173,7 +175,7 @@ def build_config(prepared: PreparedModel, settings: CalibrationSettings, config=
     target = resolve_target(settings.deploy_target)
     ranges = {layer.name: weight_max(layer.kind, target) for layer in prepared.layers}
     base = QuantConfig.default({layer.name: layer.op for layer in prepared.layers},
-                               ActivationQuant(settings.act_method, settings.symmetric), settings.per_channel,
+                               ActivationQuant(settings.act_method, settings.symmetric, dynamic=settings.dynamic), settings.per_channel,
                                settings.bias_correction, ranges, target, settings.weight_rounding)
     if config is None:
         return base
