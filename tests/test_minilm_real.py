@@ -34,26 +34,40 @@ def minilm(tmp_path_factory):
     return path, calib, evals
 
 
-def test_auto_calibration_meets_a_cosine_budget_on_minilm(minilm, tmp_path):
+def _integer_kernels(model_path, folder) -> collections.Counter:
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(folder / "optimized.onnx")
+    ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    return collections.Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
+
+
+def _auto(minilm, folder, dynamic: bool):
     path, calib, evals = minilm
-    result = auto_calibrate(path, evals, calib_data=calib, save_dir=tmp_path, progress=False,
-                            calib_settings=CalibrationSettings(calib_num=96),
+    result = auto_calibrate(path, evals, calib_data=calib, save_dir=folder, progress=False,
+                            calib_settings=CalibrationSettings(calib_num=96, dynamic=dynamic),
                             settings=AutoSettings(max_drop=0.01, rank_num=16))
     assert result.ok, result.message
-    first = result.history.iloc[1]
-    assert first["kind"] == "all_int8" and first["loss"] > 0.01  # all-int8 misses: layers had to fall back
-    n_int8 = len(result.ranking) - len(result.float_layers)
-    assert len(result.ranking) == 36 and n_int8 >= 24
     # the written deploy model itself, on the evaluation sentences, within the budget
     evaluator = LogitEvaluator(evals, "cosine").prepare(onnx.load(str(path)), None, progress=False)
     assert evaluator.evaluate(str(result.paths.deploy_model)) >= 0.99
+    assert len(result.ranking) == 36 and np.isfinite(result.ranking["score"]).all()
+    return result, len(result.ranking) - len(result.float_layers)
+
+
+def test_static_inputs_fall_back_the_ranked_layers(minilm, tmp_path):
+    result, n_int8 = _auto(minilm, tmp_path, dynamic=False)
+    first = result.history.iloc[1]
+    assert first["kind"] == "all_int8" and first["loss"] > 0.01  # all-int8 misses: layers had to fall back
+    assert 24 <= n_int8 < 36
     # the layers the ranking puts first are the ones that went back to float
     assert set(result.float_layers) <= set(result.ranking["layer"][:len(result.float_layers) + 6])
-    options = ort.SessionOptions()
-    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-    ort.InferenceSession(str(result.paths.deploy_model), options, providers=["CPUExecutionProvider"])
-    ops = collections.Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
-    integer = sum(ops[op] for op in ("QLinearMatMul", "MatMulIntegerToFloat", "QGemm"))
-    assert integer == n_int8, ops
-    assert ops["MatMul"] >= 12 + len(result.float_layers)  # attention's act x act MatMuls stay float
-    assert np.isfinite(result.ranking["score"]).all()
+    ops = _integer_kernels(result.paths.deploy_model, tmp_path)
+    assert ops["QLinearMatMul"] == n_int8, ops
+    assert ops["MatMul"] + ops["FusedMatMul"] >= 12 + len(result.float_layers)  # act x act MatMuls stay float
+
+
+def test_dynamic_inputs_keep_every_layer_in_int8(minilm, tmp_path):
+    result, n_int8 = _auto(minilm, tmp_path, dynamic=True)
+    assert n_int8 >= 34
+    ops = _integer_kernels(result.paths.deploy_model, tmp_path)
+    assert ops["DynamicQuantizeMatMul"] + ops["MatMulIntegerToFloat"] == n_int8, ops

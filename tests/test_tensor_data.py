@@ -2,10 +2,12 @@
 calibration, evaluation, ranking, auto calibration and the command line (a synthetic sentence
 encoder from tests/structures.py; the real one is in test_minilm_real.py)."""
 
+import collections
 import json
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 
 from nbquant.auto_calibration import AutoSettings, auto_calibrate
@@ -13,7 +15,7 @@ from nbquant.cli import main
 from nbquant.errors import ConfigError, DataError
 from nbquant.evaluation import make_session
 from nbquant.evaluators import LogitEvaluator, cosine_similarity
-from nbquant.pipeline import CalibrationSettings, calibrate
+from nbquant.pipeline import CalibrationSettings, build_config, calibrate
 from nbquant.tensor_data import TensorDataset, open_data
 from structures import text_encoder, text_samples
 
@@ -104,3 +106,26 @@ def test_command_line_takes_npz(encoder, tmp_path, capsys):
     code = main(["auto-calibrate", str(path), "--data", str(npz), "--calib-num", "32", "--rank-num", "16",
                  "--max-drop", "0.01", "--save-dir", str(tmp_path / "auto")])
     assert code == 0 and "target met: 8 of 8 layers in int8" in capsys.readouterr().out
+
+
+def test_dynamic_inputs_become_onnxruntime_dynamic_kernels(encoder, tmp_path):
+    path, npz = encoder
+    settings = CalibrationSettings(calib_num=32, batch_size=8, dynamic=True)
+    run = calibrate(path, npz, tmp_path, settings, progress=False)
+    ops = collections.Counter(n.op_type for n in run.deploy_model.graph.node)
+    assert ops["DynamicQuantizeLinear"] == ops["MatMulInteger"] == 8 and ops["QuantizeLinear"] == 0
+    assert (run.layers["act_method"] == "dynamic").all()
+    saved = json.loads(run.paths.config.read_text())
+    assert all(saved[name]["activation_quant_params"]["dynamic"] for name in run.config.layers)
+    reread = build_config(run.prepared, CalibrationSettings(), run.paths.config)
+    assert all(layer.activation.dynamic for layer in reread.layers.values())
+    data = open_data(npz).bind(run.prepared.model).gather(np.arange(64))
+    reference, fake, deploy = (make_session(m).run(None, data)[0]
+                               for m in (path, run.fake_quant_model, run.deploy_model))
+    np.testing.assert_allclose(fake, deploy, atol=1e-5)  # integer sums are exact: nothing to simulate
+    assert cosine_similarity(reference, deploy).min() > 0.99 and not np.allclose(reference, deploy)
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(run.paths.deploy_model), options, providers=["CPUExecutionProvider"])
+    fused = collections.Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
+    assert fused["DynamicQuantizeMatMul"] + fused["MatMulIntegerToFloat"] == 8 and fused["MatMulInteger"] == 0
