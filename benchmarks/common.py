@@ -51,3 +51,14 @@ def integer_kernels(model_path: Path, folder: Path) -> str:
     ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
     ops = collections.Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
     return ", ".join(f"{ops[op]} {op}" for op in INTEGER_OPS if ops[op]) or "none"
+
+
+def interleaved_latency(models: dict, feed, runs: int, rounds: int = 3) -> dict:
+    """Median ms of one run of each model on ``feed``, measured in ``rounds`` rounds that take the models in
+    turn, best round kept: a model measured while the machine was busy gets another chance, and slow
+    drifts of the machine's speed do not favour the models measured first."""
+    best = {name: float("inf") for name in models}
+    for _ in range(rounds):
+        for name, model in models.items():
+            best[name] = min(best[name], measure_latency(str(model), feed, runs))
+    return best

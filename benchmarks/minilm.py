@@ -8,7 +8,7 @@ mean cosine similarity of each sentence embedding to the float model's. nbquant 
 inputs (calibrated ranges, the default) and with --dynamic (MatMul inputs quantized on each run, as
 onnxruntime's quantize_dynamic does). Prints, per model: the
 metric, the layers in int8, the integer kernels onnxruntime runs it on, and the median latency at
-batch 1 and 32 (sequence 128) with its ratio to float. onnxruntime's quantize_static is run twice:
+batch 1 and 32 (sequence 128; best of 3 interleaved rounds) with its ratio to float. onnxruntime's quantize_static is run twice:
 as it comes (it also quantizes the two activation x activation MatMuls of each attention) and with
 those excluded, which measures nbquant's choice to keep them in float. The header names the CPU.
 """
@@ -26,8 +26,7 @@ from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantT
                                       quantize_static)
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from common import integer_kernels, machine
-from nbquant.analysis import measure_latency
+from common import integer_kernels, interleaved_latency, machine
 from nbquant.auto_calibration import AutoSettings, auto_calibrate
 from nbquant.evaluators import LogitEvaluator
 from nbquant.files import save_model
@@ -113,17 +112,16 @@ def main() -> None:
 
         batch = next(evals.batches(32))
         one = {name: array[:1] for name, array in batch.items()}
+        paths = {label: path for label, (path, _, _) in models.items()}
+        b1, b32 = interleaved_latency(paths, one, 30), interleaved_latency(paths, batch, 5)
         print(f"\n| model | mean cosine to float | int8 layers | integer kernels (onnxruntime's optimized graph) | "
               f"quantize s | batch 1 ms | vs float | batch 32 ms | vs float |")
         print("|---|---|---|---|---|---|---|---|---|")
-        base = None
         for label, (path, layers, seconds) in models.items():
             metric = evaluator.evaluate(str(path)) if label != "float" else 1.0
-            b1, b32 = measure_latency(str(path), one, 50), measure_latency(str(path), batch, 8)
-            base = base or (b1, b32)
             print(f"| {label} | {metric:.4f} | {layers} | {integer_kernels(path, tmp)} | {seconds:.0f} | "
-                  f"{b1:.2f} | {base[0] / b1:.2f}x | {b32:.1f} | {base[1] / b32:.2f}x |", flush=True)
-
+                  f"{b1[label]:.2f} | {b1['float'] / b1[label]:.2f}x | {b32[label]:.1f} | "
+                  f"{b32['float'] / b32[label]:.2f}x |", flush=True)
 
 if __name__ == "__main__":
     main()

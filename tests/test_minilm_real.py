@@ -44,8 +44,8 @@ def _integer_kernels(model_path, folder) -> collections.Counter:
 def _auto(minilm, folder, dynamic: bool):
     path, calib, evals = minilm
     result = auto_calibrate(path, evals, calib_data=calib, save_dir=folder, progress=False,
-                            calib_settings=CalibrationSettings(calib_num=96, dynamic=dynamic),
-                            settings=AutoSettings(max_drop=0.01, rank_num=16))
+                            calib_settings=CalibrationSettings(calib_num=64, dynamic=dynamic),
+                            settings=AutoSettings(max_drop=0.01, rank_num=8))
     assert result.ok, result.message
     # the written deploy model itself, on the evaluation sentences, within the budget
     evaluator = LogitEvaluator(evals, "cosine").prepare(onnx.load(str(path)), None, progress=False)
@@ -71,3 +71,19 @@ def test_dynamic_inputs_keep_every_layer_in_int8(minilm, tmp_path):
     assert n_int8 >= 34
     ops = _integer_kernels(result.paths.deploy_model, tmp_path)
     assert ops["DynamicQuantizeMatMul"] + ops["MatMulIntegerToFloat"] == n_int8, ops
+
+
+def test_command_line_builds_minilm_and_its_sentences(tmp_path, capsys):
+    from nbquant.cli import main
+    model, sentences = tmp_path / "minilm.onnx", tmp_path / "sentences.npz"
+    for module in ("all_minilm_l6_v2", "tokenizers", "safetensors"):
+        try:
+            __import__(module)
+        except ImportError:
+            _missing(f"{module} is not installed; scripts/setup.sh dev,text")
+    code = main(["zoo", "all-minilm-l6-v2", "-o", str(model), "--sentences", str(sentences)])
+    assert code == 0, capsys.readouterr().err
+    with np.load(sentences) as arrays:
+        assert sorted(arrays.files) == ["attention_mask", "input_ids", "token_type_ids"]
+        assert arrays["input_ids"].shape == (600, 128) and arrays["input_ids"].dtype == np.int64
+    assert [i.name for i in onnx.load(str(model)).graph.input] == ["input_ids", "attention_mask", "token_type_ids"]
