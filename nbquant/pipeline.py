@@ -174,8 +174,8 @@ def build_config(prepared: PreparedModel, settings: CalibrationSettings, config=
     config.json path, overrides the per-layer settings but not the weight ranges the target sets."""
     target = resolve_target(settings.deploy_target)
     ranges = {layer.name: weight_max(layer.kind, target) for layer in prepared.layers}
-    base = QuantConfig.default({layer.name: layer.op for layer in prepared.layers},
-                               ActivationQuant(settings.act_method, settings.symmetric, dynamic=settings.dynamic), settings.per_channel,
+    activation = ActivationQuant(settings.act_method, settings.symmetric, dynamic=settings.dynamic)
+    base = QuantConfig.default({layer.name: layer.op for layer in prepared.layers}, activation, settings.per_channel,
                                settings.bias_correction, ranges, target, settings.weight_rounding)
     if config is None:
         return base
