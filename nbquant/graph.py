@@ -178,12 +178,16 @@ def layer_table(model: onnx.ModelProto) -> pd.DataFrame:
 
 def float_op_table(model: onnx.ModelProto) -> pd.DataFrame:
     """The nodes left in float, grouped by op type, with why."""
-    layer_names = {layer.name for layer in find_layers(model)}
+    values = constants(model)
+    layer_names = {layer.name for layer in find_layers(model, values)}
     rows = {}
     for node in model.graph.node:
         if node.name in layer_names:
             continue
-        if node.op_type in LAYER_OPS:
+        if node.op_type == "MatMul" and not any(i in values for i in node.input):
+            reason = ("activation x activation (e.g. attention): kept float; in int8 it was not reliably "
+                      "faster on MiniLM (README, Bring your own model)")
+        elif node.op_type in LAYER_OPS:
             reason = "weight is not a constant (or Gemm with transA/alpha/beta): not quantized"
         else:
             reason = FLOAT_REASONS.get(node.op_type, "no quantized kernel in nbquant: runs in float")
