@@ -7,7 +7,10 @@ clipped at 32767. VNNI, AMX and ARM dot-product kernels add into int32 and are e
 Flags alone do not say which kernel onnxruntime picks, so :func:`probe_int8` runs tiny QDQ
 models of each kernel kind at the top of their ranges, once with graph optimizations off
 (QuantizeLinear/DequantizeLinear computed as written: the exact answer) and once with them
-on (fused integer kernels), and reports the largest difference in output steps.
+on (fused integer kernels), and reports the largest difference in output steps. The dynamic
+MatMul probe (DynamicQuantizeLinear + MatMulInteger, what ``--dynamic`` builds) runs the same
+saturating kernel even unoptimized, so it is checked against numpy's exact sums instead, in int32
+units.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ PROBES = {
     "depthwise5x5s2": ("depthwise", "Conv", 32, 32, 32, 5, 2),
     "gemm": ("gemm", "Gemm", 1, 64, 32, 1, 1),
     "matmul": ("matmul", "MatMul", 1, 64, 32, 1, 1),
+    "matmul_dynamic": ("matmul", "MatMulInteger", 1, 64, 32, 1, 1),
 }
 
 
@@ -173,6 +177,33 @@ def probe_model(op: str, group: int, cin: int, cout: int, k: int, stride: int, w
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), x_shape
 
 
+def dynamic_probe_model(cin: int, cout: int, weight_max: int) -> tuple[onnx.ModelProto, np.ndarray]:
+    """x -> DynamicQuantizeLinear -> MatMulInteger (int8 weights of +-weight_max) -> Cast -> Mul by the
+    input scale x weight scale (0.5), as ``--dynamic`` writes a layer, with the integer weights (the exact
+    answer is numpy's ``xq @ w`` times the scales)."""
+    w = (np.random.default_rng(0).choice([-1, 1], size=(cin, cout)) * weight_max).astype(np.int8)
+    nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"]),
+             helper.make_node("MatMulInteger", ["xq", "wq", "xz", "wz"], ["y32"]),
+             helper.make_node("Cast", ["y32"], ["yf"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["xs", "ws"], ["scale"]),
+             helper.make_node("Mul", ["yf", "scale"], ["out"])]
+    inits = [numpy_helper.from_array(w, "wq"), numpy_helper.from_array(np.int8(0), "wz"),
+             numpy_helper.from_array(np.float32(0.5), "ws")]  # 1.0 would be folded away and block the fusion
+    graph = helper.make_graph(nodes, "probe_dynamic", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, cin])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), w
+
+
+def _dynamic_steps(cin: int, cout: int, weight_max: int, saved: Path) -> float:
+    """Largest error of the fused dynamic MatMul against exact int32 sums (x quantizes to 0 and 255)."""
+    model, w = dynamic_probe_model(cin, cout, weight_max)
+    x = np.full((4, cin), 5.1, np.float32)
+    x[:, ::7] = 0.0
+    xq = np.where(x > 0, 255, 0).astype(np.int64)
+    scale = float(np.float32(5.1) / np.float32(255)) * 0.5
+    return float(np.round(np.abs(_run(model, x, True, saved) / scale - xq @ w.astype(np.int64)).max()))
+
+
 def _run(model: onnx.ModelProto, x: np.ndarray, optimize: bool, saved: Path | None = None) -> np.ndarray:
     options = ort.SessionOptions()
     options.log_severity_level = 3
@@ -188,7 +219,8 @@ def _run(model: onnx.ModelProto, x: np.ndarray, optimize: bool, saved: Path | No
 def _fused_kernel(path: Path, op: str) -> str:
     """The op that replaced the layer in onnxruntime's optimized graph (e.g. QLinearConv)."""
     kinds = [n.op_type for n in onnx.load(str(path)).graph.node
-             if n.op_type not in ("QuantizeLinear", "DequantizeLinear", "Transpose", "ReorderInput", "ReorderOutput")]
+             if n.op_type not in ("QuantizeLinear", "DequantizeLinear", "Transpose", "ReorderInput", "ReorderOutput",
+                                  "DynamicQuantizeLinear", "Cast")]
     return next((k for k in kinds if k != op), op) if kinds else op
 
 
@@ -197,9 +229,13 @@ def check_kernel(probe: str, folder: Path) -> KernelCheck:
     kind, op, group, cin, cout, k, stride = PROBES[probe]
     steps, kernel = [], op
     for weight_max in (127, pair_safe_weight_max()):
+        saved = folder / f"{probe}_{weight_max}.onnx"
+        if op == "MatMulInteger":
+            steps.append(_dynamic_steps(cin, cout, weight_max, saved))
+            kernel = _fused_kernel(saved, op)
+            continue
         model, shape = probe_model(op, group, cin, cout, k, stride, weight_max)
         x = np.full(shape, 5.1, np.float32)  # uint8 255 at scale 0.02: the top of the activation range
-        saved = folder / f"{probe}_{weight_max}.onnx"
         fused = _run(model, x, True, saved)
         steps.append(float(np.abs(fused - _run(model, x, False)).max()))
         kernel = _fused_kernel(saved, op)

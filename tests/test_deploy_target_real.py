@@ -89,3 +89,23 @@ def test_portable_deploy_model_is_bit_identical_on_an_emulated_avx2_cpu(runs, re
     full_avx2 = _run(EMULATED_AVX2, full, tmp_path / "x.npy", tmp_path / "full_avx2.npy", "fused")
     assert np.abs(full_avx2 - exact).max() > 0.5, "full-range int8 saturates on AVX2 (see nbquant cpu)"
     assert ort.__version__  # the same onnxruntime in both processes
+
+
+PROBE_DYNAMIC = """
+import pathlib, sys, tempfile
+from nbquant.cpu_probe import check_kernel
+with tempfile.TemporaryDirectory() as tmp:
+    check = check_kernel("matmul_dynamic", pathlib.Path(tmp))
+print(check.kernel, check.steps_full, check.steps_pair_safe)
+"""
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64" or QEMU is None,
+                    reason="needs an x86_64 host with qemu-x86_64 (Debian package qemu-user) to emulate AVX2")
+def test_dynamic_matmul_saturates_on_an_emulated_avx2_cpu_unless_weights_are_pair_safe():
+    """--dynamic layers run onnxruntime's DynamicQuantizeMatMul, the same u8 x s8 kernel: the probe sees it
+    saturate with |q| = 127 and stay exact with |q| <= 64, so the portable target covers them too."""
+    done = subprocess.run([*EMULATED_AVX2, sys.executable, "-c", PROBE_DYNAMIC], check=True, capture_output=True,
+                          text=True, timeout=600)
+    kernel, full, pair_safe = done.stdout.split()
+    assert kernel == "DynamicQuantizeMatMul" and float(full) > 1000 and float(pair_safe) == 0
