@@ -134,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     group = auto.add_argument_group("more than one process or machine (the dask extra)")
     group.add_argument("--scheduler", default=None,
                        help="address of a Dask scheduler (tcp://host:8786); its workers read the images from "
-                            "--data's path, so it must be the same on every machine (a shared file system)")
+                            "--data's path, so it must be the same on every machine (a shared file system); arrays "
+                            "(.npz/.npy) travel with the tasks")
     group.add_argument("--workers", type=int, default=None,
                        help="start a Dask LocalCluster of N worker processes on 127.0.0.1")
     auto.add_argument("--save-dir", default=None, help="run folder (default runs/<model name>)")
@@ -322,9 +323,10 @@ def cmd_auto_calibrate(args) -> int:
     if result.ok:
         print(f"deploy model metric (onnxruntime integer kernels): {result.deploy_metric}")
     judged = "deploy" if result.deploy_evaluations else "fake-quant"
+    unit = "samples" if pre is None else "images"
     early = int(result.history["decided_early"].fillna(False).astype(bool).sum())
     print(f"{result.evaluations} evaluations (float model included), configurations judged on their {judged} "
-          f"models, {early} decided early, {result.images_evaluated} images evaluated, {result.seconds:.1f} s")
+          f"models, {early} decided early, {result.images_evaluated} {unit} evaluated, {result.seconds:.1f} s")
     if result.float_layers and result.ok:
         print("layers in float: " + ", ".join(result.float_layers))
     paths = result.paths

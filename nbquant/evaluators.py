@@ -110,7 +110,7 @@ class LogitEvaluator:
     TensorDataset (arrays for models that do not take images).
     Images are decoded once; the float model's outputs are computed once. ``executor`` (a
     ``concurrent.futures.Executor`` or ``dask.distributed`` Client) runs the images in shards on
-    its workers, with the same results (image folders only).
+    its workers, with the same results (arrays travel with each shard; images are decoded there).
     """
 
     def __init__(self, data: ImageDataset | TensorDataset, metric="top1", max_drop: float = 0.005,
@@ -125,9 +125,6 @@ class LogitEvaluator:
         if metric == "top1" and not data.labeled:
             raise ConfigError(f"metric top1 needs labels, but the samples in {data.root} are unlabeled; "
                               "use metric 'agreement', 'kl' or 'cosine' (fidelity to the float model)")
-        if self.pool is not None and isinstance(data, TensorDataset):
-            raise ConfigError(f"an executor runs image folders on its workers; the arrays of {data.root} are "
-                              "evaluated in this process (leave executor unset)")
 
     def __repr__(self) -> str:
         name = self.metric if isinstance(self.metric, str) else getattr(self.metric, "__name__", "custom")
@@ -137,7 +134,7 @@ class LogitEvaluator:
     def prepare(self, float_model, pre: Preprocess | None, cache_file: Path | None = None, progress: bool = True):
         """Decode the images once, compute the float model's outputs once and fix the order images
         are run in (see :attr:`order_`). With an executor the workers decode their own shards;
-        arrays need no decoding (``pre`` None)."""
+        arrays need no decoding (``pre`` None) and travel with each shard."""
         if isinstance(self.data, TensorDataset):
             self.images_ = self.data
         elif self.pool is None:

@@ -29,6 +29,7 @@ from .datasets import ImageDataset
 from .evaluation import feed, make_session
 from .image_cache import CachedImages, cache_images
 from .preprocess import Preprocess
+from .tensor_data import TensorDataset
 
 SHARD_BATCHES = 4  # batches per worker task: 64 images at the evaluator's batch size; an early decision wastes little
 
@@ -104,10 +105,18 @@ def _submit(model, images: ImageFiles, plan, pool, simulate, keep, first: int = 
         data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else Path(model).read_bytes()
         key = hashlib.sha256(data).hexdigest()
         payload = pool.share(data) if len(shards) > 1 else data  # one task carries its model faster than scatter
-    return [(shard, pool.submit(evaluate_shard, payload, key, [images.paths[i] for b in shard for i in b],
-                                [len(b) for b in shard], images.pre, simulate, pool.threads, keep,
+    return [(shard, pool.submit(evaluate_shard, payload, key, _shard_inputs(images, np.concatenate(shard)),
+                                [len(b) for b in shard], getattr(images, "pre", None), simulate, pool.threads, keep,
                                 shard=first + number))
             for number, shard in enumerate(shards)]
+
+
+def _shard_inputs(images, indices: np.ndarray):
+    """What a worker needs for the samples at ``indices``: their image paths (it decodes them), or, for
+    arrays (:class:`~nbquant.tensor_data.TensorDataset`), the feed dict itself."""
+    if isinstance(images, ImageFiles):
+        return [images.paths[i] for i in indices]
+    return images.gather(indices)
 
 
 def _gather(submitted, pool) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -169,19 +178,23 @@ _shards: dict[str, CachedImages] = {}
 _session: dict[tuple, object] = {}
 
 
-def evaluate_shard(model, key: str, paths: list[str], sizes: list[int], pre: Preprocess,
+def evaluate_shard(model, key: str, paths, sizes: list[int], pre: Preprocess | None,
                    simulate: bool | None, threads: int | None, keep: bool) -> list[tuple]:
     """Worker task: ``(decoded mask, first output or None)`` for each batch of ``sizes`` images
-    of ``paths``; ``model`` is the model's bytes or ``(base bytes, base key, build, args)``."""
+    of ``paths`` (or samples of a feed dict of arrays, which need no decoding); ``model`` is the
+    model's bytes or ``(base bytes, base key, build, args)``."""
     session = _session_for(model, key, simulate, threads)
-    name = session.get_inputs()[0].name
-    images, decoded = _shard_images(paths, pre, keep)
+    if isinstance(paths, dict):
+        images = TensorDataset(paths, source="shard")
+        decoded = np.ones(len(images), bool)
+    else:
+        images, decoded = _shard_images(paths, pre, keep)
     position = np.cumsum(decoded) - 1
     results, start = [], 0
     for size in sizes:
         mask = decoded[start:start + size]
         picked = position[start:start + size][mask]
-        outputs = session.run(None, {name: images.gather(picked)})[0] if len(picked) else None
+        outputs = session.run(None, feed(session, images.gather(picked)))[0] if len(picked) else None
         results.append((mask, outputs))
         start += size
     return results

@@ -4,6 +4,7 @@ encoder from tests/structures.py; the real one is in test_minilm_real.py)."""
 
 import collections
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import onnx
@@ -86,13 +87,33 @@ def test_calibrate_and_auto_calibrate_on_arrays(encoder, tmp_path):
     assert (result.ranking["metric"] == "output").all() and result.ranking["score"].between(0.99, 1).all()
 
 
-def test_array_data_refuses_image_settings_and_executors(encoder):
+def test_array_data_refuses_image_settings(encoder):
     path, npz = encoder
     with pytest.raises(ConfigError, match="holds arrays"):
         calibrate(path, npz, settings=CALIB, preprocess="imagenet", progress=False)
-    from concurrent.futures import ThreadPoolExecutor
-    with ThreadPoolExecutor(1) as pool, pytest.raises(ConfigError, match="evaluated in this process"):
-        LogitEvaluator(open_data(npz), "cosine", executor=pool)
+
+
+def test_arrays_on_an_executor_give_the_in_process_results(encoder, tmp_path):
+    """Arrays travel with each shard to the executor's workers; outputs, metric and the whole search
+    record are the same as in this process."""
+    path, npz = encoder
+    model = onnx.load(str(path))
+    data = open_data(npz).bind(model)
+    here = LogitEvaluator(data, "cosine", batch_size=8).prepare(model, None, progress=False)
+    settings = AutoSettings(max_drop=0.0001, rank_num=16)
+    in_process = auto_calibrate(path, npz, save_dir=tmp_path / "here", calib_settings=CALIB, progress=False,
+                                settings=settings)
+    with ThreadPoolExecutor(2) as executor:
+        pooled = LogitEvaluator(data, "cosine", batch_size=8, executor=executor).prepare(model, None, progress=False)
+        np.testing.assert_array_equal(pooled.reference_, here.reference_)
+        quantized = calibrate(path, npz, settings=CALIB, progress=False).deploy_model
+        assert pooled.evaluate(quantized) == here.evaluate(quantized) < 1
+        on_pool = auto_calibrate(path, npz, save_dir=tmp_path / "pool", calib_settings=CALIB, progress=False,
+                                 settings=settings, executor=executor)
+    assert on_pool.float_layers == in_process.float_layers and len(in_process.float_layers) > 0
+    columns = ["kind", "float_layers", "metric", "ok"]
+    assert on_pool.history[columns].equals(in_process.history[columns])
+    assert on_pool.ranking["score"].tolist() == in_process.ranking["score"].tolist()
 
 
 def test_command_line_takes_npz(encoder, tmp_path, capsys):
