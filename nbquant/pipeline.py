@@ -38,8 +38,8 @@ METADATA_PREFIX = "nbquant.preprocess."
 
 @dataclass(frozen=True)
 class CalibrationSettings:
-    """How to calibrate: images used, activation method and symmetry (``dynamic``: MatMul inputs
-    quantized on each run), weight granularity, and the deploy target (which CPUs the deploy model
+    """How to calibrate: images used, activation method and symmetry (``dynamic``, the default: MatMul
+    inputs quantized on each run, as transformers want; False: calibrated like the others), weight granularity, and the deploy target (which CPUs the deploy model
     must be exact on; see :mod:`nbquant.deploy_target`)."""
 
     calib_num: int = 100
@@ -51,7 +51,7 @@ class CalibrationSettings:
     bins: int = 4096
     deploy_target: DeployTarget = DeployTarget.AUTO
     weight_rounding: WeightRounding = WeightRounding.GPTQ
-    dynamic: bool = False  # MatMul layers quantize their input on each run (see ActivationQuant.dynamic)
+    dynamic: bool = True  # MatMul layers quantize their input on each run (see ActivationQuant.dynamic)
 
     def __post_init__(self):
         object.__setattr__(self, "act_method", ActMethod.parse(self.act_method))

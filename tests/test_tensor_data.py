@@ -21,6 +21,7 @@ from nbquant.tensor_data import TensorDataset, open_data
 from structures import text_encoder, text_samples
 
 CALIB = CalibrationSettings(calib_num=32, batch_size=8)
+STATIC = CalibrationSettings(calib_num=32, batch_size=8, dynamic=False)  # calibrated MatMul inputs: the search runs
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +70,7 @@ def test_bad_arrays_name_the_source_and_input(encoder, tmp_path):
 
 def test_calibrate_and_auto_calibrate_on_arrays(encoder, tmp_path):
     path, npz = encoder
-    run = calibrate(path, npz, tmp_path / "calibrate", CALIB, progress=False)
+    run = calibrate(path, npz, tmp_path / "calibrate", STATIC, progress=False)
     assert len(run.config.enabled) == len(run.prepared.layers) == 8  # 4 MatMul a block; attention MatMuls stay float
     data = open_data(npz).bind(run.prepared.model)
     float_out = make_session(path).run(None, data.gather(np.arange(64)))[0]
@@ -77,7 +78,7 @@ def test_calibrate_and_auto_calibrate_on_arrays(encoder, tmp_path):
     assert float_out.shape == deploy_out.shape == (64, 32)
     fidelity = cosine_similarity(float_out, deploy_out)
     assert fidelity.min() > 0.99 and not np.allclose(float_out, deploy_out)
-    result = auto_calibrate(path, npz, save_dir=tmp_path / "auto", calib_settings=CALIB, progress=False,
+    result = auto_calibrate(path, npz, save_dir=tmp_path / "auto", calib_settings=STATIC, progress=False,
                             settings=AutoSettings(max_drop=0.0001, rank_num=16))
     assert result.ok, result.message
     record = json.loads(result.paths.record.read_text())
@@ -101,14 +102,14 @@ def test_arrays_on_an_executor_give_the_in_process_results(encoder, tmp_path):
     data = open_data(npz).bind(model)
     here = LogitEvaluator(data, "cosine", batch_size=8).prepare(model, None, progress=False)
     settings = AutoSettings(max_drop=0.0001, rank_num=16)
-    in_process = auto_calibrate(path, npz, save_dir=tmp_path / "here", calib_settings=CALIB, progress=False,
+    in_process = auto_calibrate(path, npz, save_dir=tmp_path / "here", calib_settings=STATIC, progress=False,
                                 settings=settings)
     with ThreadPoolExecutor(2) as executor:
         pooled = LogitEvaluator(data, "cosine", batch_size=8, executor=executor).prepare(model, None, progress=False)
         np.testing.assert_array_equal(pooled.reference_, here.reference_)
-        quantized = calibrate(path, npz, settings=CALIB, progress=False).deploy_model
+        quantized = calibrate(path, npz, settings=STATIC, progress=False).deploy_model
         assert pooled.evaluate(quantized) == here.evaluate(quantized) < 1
-        on_pool = auto_calibrate(path, npz, save_dir=tmp_path / "pool", calib_settings=CALIB, progress=False,
+        on_pool = auto_calibrate(path, npz, save_dir=tmp_path / "pool", calib_settings=STATIC, progress=False,
                                  settings=settings, executor=executor)
     assert on_pool.float_layers == in_process.float_layers and len(in_process.float_layers) > 0
     columns = ["kind", "float_layers", "metric", "ok"]
@@ -131,8 +132,7 @@ def test_command_line_takes_npz(encoder, tmp_path, capsys):
 
 def test_dynamic_inputs_become_onnxruntime_dynamic_kernels(encoder, tmp_path):
     path, npz = encoder
-    settings = CalibrationSettings(calib_num=32, batch_size=8, dynamic=True)
-    run = calibrate(path, npz, tmp_path, settings, progress=False)
+    run = calibrate(path, npz, tmp_path, CALIB, progress=False)  # dynamic MatMul inputs: the default
     ops = collections.Counter(n.op_type for n in run.deploy_model.graph.node)
     assert ops["DynamicQuantizeLinear"] == ops["MatMulInteger"] == 8 and ops["QuantizeLinear"] == 0
     assert (run.layers["act_method"] == "dynamic").all()
