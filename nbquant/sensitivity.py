@@ -46,7 +46,8 @@ def shadow_model(model: onnx.ModelProto, quant: dict[str, LayerQuant]) -> tuple[
         twin = onnx.NodeProto()
         twin.CopyFrom(node)
         twin.name, twin.output[0] = f"{name}/shadow", f"{name}/shadow_output"
-        twin.input[0] = edit.quantize_dequantize(name, lq.layer.input, f"{name}/shadow_input", lq.activation)
+        twin.input[0] = (_dynamic_quantize_dequantize(edit, name, lq.layer.input) if lq.dynamic else
+                         edit.quantize_dequantize(name, lq.layer.input, f"{name}/shadow_input", lq.activation))
         twin.input[1] = edit.integer_weight(name, f"{name}/shadow_weight", lq)
         if lq.bias is not None:
             bias = edit.constant(f"{name}/shadow_bias", lq.bias)
@@ -60,6 +61,15 @@ def shadow_model(model: onnx.ModelProto, quant: dict[str, LayerQuant]) -> tuple[
     out.graph.output.extend(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
                             for pair in pairs for t in pair)
     return out, pairs
+
+
+def _dynamic_quantize_dequantize(edit: GraphEdit, before: str, tensor: str) -> str:
+    """``tensor`` quantized with the range of the run at hand and dequantized, as a dynamic layer sees it."""
+    prefix = f"{before}/shadow_input"
+    outputs = [f"{prefix}_quantized", f"{prefix}_scale", f"{prefix}_zero_point"]
+    edit.add_node(before, helper.make_node("DynamicQuantizeLinear", [tensor], outputs,
+                                           name=f"{prefix}/DynamicQuantizeLinear"))
+    return edit.dequantize(before, *outputs[:1], prefix, *outputs[1:], {})
 
 
 def cosine_scores(model, quant, images: CachedImages, batch_size: int = 4, progress: bool = True,

@@ -17,6 +17,7 @@ from nbquant.errors import ConfigError, DataError
 from nbquant.evaluation import make_session
 from nbquant.evaluators import LogitEvaluator, cosine_similarity
 from nbquant.pipeline import CalibrationSettings, build_config, calibrate
+from nbquant.sensitivity import cosine_scores, shadow_model
 from nbquant.tensor_data import TensorDataset, open_data
 from structures import text_encoder, text_samples
 
@@ -150,3 +151,9 @@ def test_dynamic_inputs_become_onnxruntime_dynamic_kernels(encoder, tmp_path):
     ort.InferenceSession(str(run.paths.deploy_model), options, providers=["CPUExecutionProvider"])
     fused = collections.Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
     assert fused["DynamicQuantizeMatMul"] + fused["MatMulIntegerToFloat"] == 8 and fused["MatMulInteger"] == 0
+    # the reference tool's local ranking sees the dynamic layers as they run, not a calibrated range
+    shadow, pairs = shadow_model(run.prepared.model, run.calibrator.quant_)
+    assert collections.Counter(n.op_type for n in shadow.graph.node)["DynamicQuantizeLinear"] == 8 == len(pairs)
+    scores = cosine_scores(run.prepared.model, run.calibrator.quant_, open_data(npz).bind(run.prepared.model),
+                           progress=False)
+    assert all(0.99 < v < 1 for v in scores.values()), scores
