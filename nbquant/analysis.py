@@ -11,7 +11,7 @@ import pandas as pd
 from .clip_methods import METHODS as CLIP_METHODS
 from .clip_methods import clip_error
 from .errors import ConfigError
-from .evaluation import feed, evaluate, make_session
+from .evaluation import evaluate, feed, make_session
 from .numerics import INT8, UINT8
 
 WHY_COLUMNS = {"act_sqnr_db": "low activation SQNR", "clipped_fraction": "many values clipped",

@@ -41,7 +41,7 @@ class LayerQuant:
     clip: tuple[float, float]
     bias: np.ndarray | None = None
     rounding: str = "nearest"  # nearest, or gptq(damping) as weight_rounding.choose_rounding chose
-    dynamic: bool = False  # the input is quantized on each run (MatMul), not with ``activation``
+    dynamic: bool = False  # the input is quantized on each run (MatMul, 2-D weight), not with ``activation``
 
 
 def post_layer_tensor(model: onnx.ModelProto, layer: Layer) -> str:
@@ -159,7 +159,7 @@ class Calibrator:
         if settings.weight.bias_correction and layer.input in self.means_:
             w_fq = dequantize(weight_q, weight, layer.weight_axis)
             bias = self._corrected_bias(layer, w_fq, values, group)
-        dynamic = settings.activation.dynamic and layer.op == "MatMul"
+        dynamic = settings.activation.dynamic and layer.op == "MatMul" and w.ndim == 2
         return LayerQuant(layer, activation, weight, weight_q, clip, bias, rounding, dynamic)
 
     def _round_weight(self, layer: Layer, w: np.ndarray, weight: QParams, rounding: WeightRounding):

@@ -8,7 +8,7 @@ Flags alone do not say which kernel onnxruntime picks, so :func:`probe_int8` run
 models of each kernel kind at the top of their ranges, once with graph optimizations off
 (QuantizeLinear/DequantizeLinear computed as written: the exact answer) and once with them
 on (fused integer kernels), and reports the largest difference in output steps. The dynamic
-MatMul probe (DynamicQuantizeLinear + MatMulInteger, what ``--dynamic`` builds) runs the same
+MatMul probe (DynamicQuantizeLinear + MatMulInteger, what dynamic MatMul layers are) runs the same
 saturating kernel even unoptimized, so it is checked against numpy's exact sums instead, in int32
 units.
 """
@@ -179,7 +179,7 @@ def probe_model(op: str, group: int, cin: int, cout: int, k: int, stride: int, w
 
 def dynamic_probe_model(cin: int, cout: int, weight_max: int) -> tuple[onnx.ModelProto, np.ndarray]:
     """x -> DynamicQuantizeLinear -> MatMulInteger (int8 weights of +-weight_max) -> Cast -> Mul by the
-    input scale x weight scale (0.5), as ``--dynamic`` writes a layer, with the integer weights (the exact
+    input scale x weight scale (0.5), as a dynamic MatMul layer is written, with the integer weights (the exact
     answer is numpy's ``xq @ w`` times the scales)."""
     w = (np.random.default_rng(0).choice([-1, 1], size=(cin, cout)) * weight_max).astype(np.int8)
     nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"]),

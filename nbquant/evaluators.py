@@ -22,8 +22,8 @@ from .errors import ConfigError
 from .executors import as_pool
 from .image_cache import cache_images
 from .preprocess import Preprocess
-from .tensor_data import TensorDataset
 from .shard_evaluation import ImageFiles, batch_plan, collect, reference_outputs, run_plan
+from .tensor_data import TensorDataset
 
 
 class Evaluator(Protocol):

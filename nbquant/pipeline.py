@@ -39,8 +39,9 @@ METADATA_PREFIX = "nbquant.preprocess."
 @dataclass(frozen=True)
 class CalibrationSettings:
     """How to calibrate: images used, activation method and symmetry (``dynamic``, the default: MatMul
-    inputs quantized on each run, as transformers want; False: calibrated like the others), weight granularity, and the deploy target (which CPUs the deploy model
-    must be exact on; see :mod:`nbquant.deploy_target`)."""
+    inputs quantized on each run, as transformers want; False: calibrated like the others), weight
+    granularity, and the deploy target (which CPUs the deploy model must be exact on; see
+    :mod:`nbquant.deploy_target`)."""
 
     calib_num: int = 100
     act_method: ActMethod = DEFAULT_ACT_METHOD
