@@ -103,8 +103,8 @@ print(check.kernel, check.steps_full, check.steps_pair_safe)
 @pytest.mark.skipif(platform.machine() != "x86_64" or QEMU is None,
                     reason="needs an x86_64 host with qemu-x86_64 (Debian package qemu-user) to emulate AVX2")
 def test_dynamic_matmul_saturates_on_an_emulated_avx2_cpu_unless_weights_are_pair_safe():
-    """Dynamic MatMul layers (the default) run onnxruntime's DynamicQuantizeMatMul, the same u8 x s8 kernel: the probe sees it
-    saturate with |q| = 127 and stay exact with |q| <= 64, so the portable target covers them too."""
+    """Dynamic MatMul layers (the default) run onnxruntime's DynamicQuantizeMatMul, the same u8 x s8 kernel:
+    the probe sees it saturate with |q| = 127 and stay exact with |q| <= 64, so the portable target covers them too."""
     done = subprocess.run([*EMULATED_AVX2, sys.executable, "-c", PROBE_DYNAMIC], check=True, capture_output=True,
                           text=True, timeout=600)
     kernel, full, pair_safe = done.stdout.split()
