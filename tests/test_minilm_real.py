@@ -19,13 +19,19 @@ from nbquant.tensor_data import TensorDataset
 pytestmark = pytest.mark.real
 
 
+def _need_text_packages() -> None:
+    for module in ("all_minilm_l6_v2", "tokenizers", "safetensors"):
+        try:
+            __import__(module)
+        except ImportError:
+            _missing(f"{module} is not installed; scripts/setup.sh dev,text")
+
+
 @pytest.fixture(scope="module")
 def minilm(tmp_path_factory):
-    try:
-        from nbquant.zoo import build_minilm, encode_sentences, sample_sentences
-        model = build_minilm()
-    except Exception as exc:  # the text extra or the weights package is missing
-        _missing(f"the MiniLM model cannot be built ({exc}); scripts/setup.sh dev,text")
+    _need_text_packages()
+    from nbquant.zoo import build_minilm, encode_sentences, sample_sentences
+    model = build_minilm()
     arrays = encode_sentences(sample_sentences(320), 64)
     assert arrays["attention_mask"][:, -1].sum() == 0  # no sentence is cut at 64 tokens
     path = save_model(model, tmp_path_factory.mktemp("minilm") / "minilm.onnx")
@@ -76,11 +82,7 @@ def test_dynamic_inputs_keep_every_layer_in_int8(minilm, tmp_path):
 def test_command_line_builds_minilm_and_its_sentences(tmp_path, capsys):
     from nbquant.cli import main
     model, sentences = tmp_path / "minilm.onnx", tmp_path / "sentences.npz"
-    for module in ("all_minilm_l6_v2", "tokenizers", "safetensors"):
-        try:
-            __import__(module)
-        except ImportError:
-            _missing(f"{module} is not installed; scripts/setup.sh dev,text")
+    _need_text_packages()
     code = main(["zoo", "all-minilm-l6-v2", "-o", str(model), "--sentences", str(sentences)])
     assert code == 0, capsys.readouterr().err
     with np.load(sentences) as arrays:
