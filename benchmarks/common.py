@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import collections
 import os
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 
 from nbquant import settings
 from nbquant.analysis import measure_latency
 from nbquant.cpu_probe import probe_int8
+from nbquant.evaluation import fused_ops
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -45,11 +44,7 @@ INTEGER_OPS = ("QLinearConv", "QGemm", "QLinearMatMul", "MatMulIntegerToFloat", 
 
 def integer_kernels(model_path: Path, folder: Path) -> str:
     """The integer kernels onnxruntime runs ``model_path`` on, counted in its optimized graph."""
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.optimized_model_filepath = str(Path(folder) / f"{Path(model_path).stem}.optimized.onnx")
-    ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
-    ops = collections.Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
+    ops = fused_ops(model_path, folder)
     return ", ".join(f"{ops[op]} {op}" for op in INTEGER_OPS if ops[op]) or "none"
 
 

@@ -21,7 +21,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import onnx
 from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
                                       quantize_static)
@@ -116,7 +115,7 @@ def main() -> None:
         one = {name: array[:1] for name, array in batch.items()}
         paths = {label: path for label, (path, _, _) in models.items()}
         b1, b32 = interleaved_latency(paths, one, 30), interleaved_latency(paths, batch, 5)
-        print(f"\n| model | mean cosine to float | int8 layers | integer kernels (onnxruntime's optimized graph) | "
+        print("\n| model | mean cosine to float | int8 layers | integer kernels (onnxruntime's optimized graph) | "
               f"quantize s | batch 1 ms | vs float | batch 32 ms | vs float |")
         print("|---|---|---|---|---|---|---|---|---|")
         for label, (path, layers, seconds) in models.items():

@@ -6,6 +6,7 @@ raw logits, for comparing a quantized model with its float original.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import time
@@ -72,6 +73,16 @@ def feed(session: ort.InferenceSession, batch) -> dict:
     """The input dict of one run: ``batch`` itself when it is one (arrays by input name, see
     :mod:`nbquant.tensor_data`), else an image batch for the first input."""
     return batch if isinstance(batch, dict) else {session.get_inputs()[0].name: batch}
+
+
+def fused_ops(model_path, folder) -> collections.Counter:
+    """How many of each op onnxruntime runs ``model_path`` as (its optimized graph, saved in ``folder``):
+    which integer kernels a quantized model became."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.optimized_model_filepath = str(Path(folder) / f"{Path(model_path).stem}.optimized.onnx")
+    ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    return collections.Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
 
 
 _warned: set[str] = set()

@@ -84,10 +84,7 @@ def cosine_scores(model, quant, images: CachedImages, batch_size: int = 4, progr
     for x in batches:
         outs = session.run(names, feed(session, x))
         for i in range(len(pairs)):
-            a = outs[2 * i].reshape(len(outs[0]), -1).astype(np.float64)
-            b = outs[2 * i + 1].reshape(len(outs[0]), -1).astype(np.float64)
-            cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
-            sums[i] += np.sum(0.5 + 0.5 * cos)
+            sums[i] += np.sum(0.5 + 0.5 * cosine_similarity(outs[2 * i], outs[2 * i + 1]))
     return {name: float(s / len(images)) for name, s in zip(quant, sums)}
 
 

@@ -24,11 +24,6 @@ ARRAY_SUFFIXES = (".npz", ".npy")
 LABELS_KEY = "labels"
 _UNNAMED = ""  # a .npy file's one array: bound to the model's only input
 
-_ONNX_DTYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64,
-                onnx.TensorProto.FLOAT16: np.float16, onnx.TensorProto.INT64: np.int64,
-                onnx.TensorProto.INT32: np.int32, onnx.TensorProto.INT8: np.int8,
-                onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.BOOL: np.bool_}
-
 
 class TensorDataset:
     """Samples as arrays ``{input name: [N, ...]}`` with optional integer labels ``[N]`` (-1: none).
@@ -168,7 +163,10 @@ def _graph_inputs(model: onnx.ModelProto) -> list:
 
 def _check_array(array: np.ndarray, info, source: str) -> None:
     tensor = info.type.tensor_type
-    dtype = _ONNX_DTYPES.get(tensor.elem_type)
+    try:
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)
+    except KeyError:  # no element type declared
+        dtype = None
     if dtype is not None and array.dtype != dtype:
         raise DataError(f"{source}: input {info.name} is {array.dtype}, the model wants {np.dtype(dtype).name}")
     dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]

@@ -17,6 +17,16 @@ def _missing(reason: str):
     pytest.skip(reason)
 
 
+def need_text_packages() -> None:
+    """Skip (fail where CI demands the real data) unless the MiniLM weights package and the readers
+    its builder needs (the text extra) are installed."""
+    for module in ("all_minilm_l6_v2", "tokenizers", "safetensors"):
+        try:
+            __import__(module)
+        except ImportError:
+            _missing(f"{module} is not installed; scripts/setup.sh dev,text")
+
+
 @pytest.fixture(scope="session")
 def real_data() -> ImageDataset:
     """The real image folder as an ImageDataset; skips when NBQUANT_DATA does not point at one."""

@@ -2,15 +2,13 @@
 auto calibration with arrays and the cosine metric keeps the budget in the deploy model, whose
 MatMuls with weights run as onnxruntime integer kernels."""
 
-import collections
-
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 
-from conftest import _missing
+from conftest import need_text_packages
 from nbquant.auto_calibration import AutoSettings, auto_calibrate
+from nbquant.evaluation import fused_ops
 from nbquant.evaluators import LogitEvaluator
 from nbquant.files import save_model
 from nbquant.pipeline import CalibrationSettings
@@ -19,17 +17,9 @@ from nbquant.tensor_data import TensorDataset
 pytestmark = pytest.mark.real
 
 
-def _need_text_packages() -> None:
-    for module in ("all_minilm_l6_v2", "tokenizers", "safetensors"):
-        try:
-            __import__(module)
-        except ImportError:
-            _missing(f"{module} is not installed; scripts/setup.sh dev,text")
-
-
 @pytest.fixture(scope="module")
 def minilm(tmp_path_factory):
-    _need_text_packages()
+    need_text_packages()
     from nbquant.zoo import build_minilm, encode_sentences, sample_sentences
     model = build_minilm()
     arrays = encode_sentences(sample_sentences(320), 64)
@@ -38,13 +28,6 @@ def minilm(tmp_path_factory):
     calib = TensorDataset({k: v[0::2] for k, v in arrays.items()}, source="calibration sentences")
     evals = TensorDataset({k: v[1::2] for k, v in arrays.items()}, source="evaluation sentences")
     return path, calib, evals
-
-
-def _integer_kernels(model_path, folder) -> collections.Counter:
-    options = ort.SessionOptions()
-    options.optimized_model_filepath = str(folder / "optimized.onnx")
-    ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
-    return collections.Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
 
 
 def _auto(minilm, folder, dynamic: bool):
@@ -67,7 +50,7 @@ def test_static_inputs_fall_back_the_ranked_layers(minilm, tmp_path):
     assert 24 <= n_int8 < 36
     # the layers the ranking puts first are the ones that went back to float
     assert set(result.float_layers) <= set(result.ranking["layer"][:len(result.float_layers) + 6])
-    ops = _integer_kernels(result.paths.deploy_model, tmp_path)
+    ops = fused_ops(result.paths.deploy_model, tmp_path)
     assert ops["QLinearMatMul"] == n_int8, ops
     assert ops["MatMul"] + ops["FusedMatMul"] >= 12 + len(result.float_layers)  # act x act MatMuls stay float
 
@@ -75,14 +58,14 @@ def test_static_inputs_fall_back_the_ranked_layers(minilm, tmp_path):
 def test_dynamic_inputs_keep_every_layer_in_int8(minilm, tmp_path):
     result, n_int8 = _auto(minilm, tmp_path, dynamic=True)
     assert n_int8 >= 34
-    ops = _integer_kernels(result.paths.deploy_model, tmp_path)
+    ops = fused_ops(result.paths.deploy_model, tmp_path)
     assert ops["DynamicQuantizeMatMul"] + ops["MatMulIntegerToFloat"] == n_int8, ops
 
 
 def test_command_line_builds_minilm_and_its_sentences(tmp_path, capsys):
     from nbquant.cli import main
     model, sentences = tmp_path / "minilm.onnx", tmp_path / "sentences.npz"
-    _need_text_packages()
+    need_text_packages()
     code = main(["zoo", "all-minilm-l6-v2", "-o", str(model), "--sentences", str(sentences)])
     assert code == 0, capsys.readouterr().err
     with np.load(sentences) as arrays:

@@ -11,7 +11,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from conftest import _missing
+from conftest import need_text_packages
 from nbquant.errors import ConfigError, ModelError
 from nbquant.zoo import build_minilm, encode_sentences, find_minilm_zip, load_tokenizer, sample_sentences, save_minilm
 from nbquant.zoo import minilm
@@ -21,20 +21,10 @@ SBERT_SENTENCES = ["The weather is lovely today.", "It's so sunny outside!", "He
 SBERT_SIMILARITIES = np.array([[1.0000, 0.6660, 0.1046], [0.6660, 1.0000, 0.1411], [0.1046, 0.1411, 1.0000]])
 
 
-def _need_packages() -> None:
-    """Skip (fail where CI demands the real data) when the weights package or the readers the builder
-    needs are not installed."""
-    for module in ("all_minilm_l6_v2", "tokenizers", "safetensors"):
-        try:
-            __import__(module)
-        except ImportError:
-            _missing(f"{module} is not installed; scripts/setup.sh dev,text")
-
-
 @pytest.fixture(scope="module")
 def model() -> onnx.ModelProto:
     """all-MiniLM-L6-v2 built once for the module."""
-    _need_packages()
+    need_text_packages()
     return build_minilm()
 
 
@@ -125,7 +115,7 @@ def test_save_minilm_is_atomic(model, tmp_path, monkeypatch):
 
 def test_tokenizer_pads_and_truncates():
     """Every encoding has exactly max_length ids: [CLS] ... [SEP] then [PAD] (0) with mask 0."""
-    _need_packages()
+    need_text_packages()
     tok = load_tokenizer(max_length=8)
     short, long = tok.encode_batch(["Hello world.", " ".join(["word"] * 50)])
     assert short.ids[:4] == [101, 7592, 2088, 1012] and short.ids[4:] == [102, 0, 0, 0]
