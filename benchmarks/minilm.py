@@ -116,7 +116,7 @@ def main() -> None:
         paths = {label: path for label, (path, _, _) in models.items()}
         b1, b32 = interleaved_latency(paths, one, 30), interleaved_latency(paths, batch, 5)
         print("\n| model | mean cosine to float | int8 layers | integer kernels (onnxruntime's optimized graph) | "
-              f"quantize s | batch 1 ms | vs float | batch 32 ms | vs float |")
+              "quantize s | batch 1 ms | vs float | batch 32 ms | vs float |")
         print("|---|---|---|---|---|---|---|---|---|")
         for label, (path, layers, seconds) in models.items():
             metric = evaluator.evaluate(str(path)) if label != "float" else 1.0
