@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 
 from common import machine, model_and_data, parser
-from nbquant.auto_calibration import AutoSettings, auto_calibrate
-from nbquant.datasets import ImageDataset
-from nbquant.evaluation import evaluate
-from nbquant.pipeline import CalibrationSettings
+from nbquant.search.auto import AutoSettings, auto_calibrate
+from nbquant.data.images import ImageDataset
+from nbquant.evaluation.accuracy import evaluate
+from nbquant.calibration.run import CalibrationSettings
 
 SETTINGS = {  # per-channel, max drop, strategy, sensitivity, deploy target
     "pc-0.002": (True, 0.002, "refine", "output", "auto"),

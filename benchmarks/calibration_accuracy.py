@@ -15,15 +15,15 @@ import time
 from pathlib import Path
 
 from common import machine, model_and_data, parser
-from nbquant.datasets import ImageDataset
-from nbquant.evaluation import evaluate
-from nbquant.pipeline import CalibrationSettings, calibrate
+from nbquant.data.images import ImageDataset
+from nbquant.evaluation.accuracy import evaluate
+from nbquant.calibration.run import CalibrationSettings, calibrate
 
 # VmHWM is the child's own peak RSS; ru_maxrss would carry over the parent's peak across fork+exec.
 EVAL_CHILD = """
 import sys
-from nbquant.datasets import ImageDataset
-from nbquant.evaluation import evaluate
+from nbquant.data.images import ImageDataset
+from nbquant.evaluation.accuracy import evaluate
 r = evaluate(sys.argv[1], ImageDataset(sys.argv[2]), progress=False)
 hwm = next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]
 print(r.top1, r.n, hwm)

@@ -44,7 +44,7 @@ sys.path.insert(0, str(HERE / "peers"))
 
 from peerlib import SETTINGS, count_layers, paired_latency_ms, top1, write_json  # noqa: E402
 
-from nbquant.cpu_probe import probe_int8  # noqa: E402
+from nbquant.quantize.cpu_probe import probe_int8  # noqa: E402
 
 TOOLS = ["nbquant", "nbquant-binary", "nncf", "inc", "ort"]
 TOOL_LABEL = {"nbquant": "nbquant (refine, default)", "nbquant-binary": "nbquant (binary)",
@@ -59,9 +59,9 @@ def log(message: str) -> None:
 
 def prepare_data(model: Path, data_dir: Path, work: Path, calib_num: int, eval_num: int | None) -> dict:
     """Decode the images once with nbquant's preprocessing; reuse when model/data/sizes match."""
-    from nbquant.datasets import ImageDataset
-    from nbquant.image_cache import cache_images
-    from nbquant.pipeline import resolve_preprocess
+    from nbquant.data.images import ImageDataset
+    from nbquant.data.pixel_cache import cache_images
+    from nbquant.data.binding import resolve_preprocess
 
     folder = work / "data"
     dataset = ImageDataset(data_dir)

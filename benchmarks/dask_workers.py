@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 from common import machine, model_and_data, parser
-from nbquant.auto_calibration import AutoSettings, auto_calibrate
-from nbquant.datasets import ImageDataset
-from nbquant.executors import open_pool
+from nbquant.search.auto import AutoSettings, auto_calibrate
+from nbquant.data.images import ImageDataset
+from nbquant.evaluation.executors import open_pool
 
 
 def _record(result) -> dict:

@@ -16,10 +16,11 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from common import latency_ms, machine, model_and_data, parser
-from nbquant.cpu_probe import probe_int8
-from nbquant.datasets import ImageDataset
-from nbquant.pipeline import CalibrationSettings, calibrate, resolve_preprocess
-from nbquant.graph import load_model
+from nbquant.quantize.cpu_probe import probe_int8
+from nbquant.data.images import ImageDataset
+from nbquant.calibration.run import CalibrationSettings, calibrate
+from nbquant.data.binding import resolve_preprocess
+from nbquant.graph.load import load_model
 
 
 class Reader(CalibrationDataReader):

@@ -19,12 +19,14 @@ import numpy as np
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
 from common import machine, model_and_data, parser
-from nbquant.datasets import ImageDataset
-from nbquant.evaluators import mean_kl
-from nbquant.evaluation import make_session, predictions
-from nbquant.numerics import sqnr_db
-from nbquant.pipeline import CalibrationSettings, calibrate, resolve_preprocess
-from nbquant.graph import load_model
+from nbquant.data.images import ImageDataset
+from nbquant.evaluation.metrics import mean_kl
+from nbquant.evaluation.session import make_session
+from nbquant.evaluation.accuracy import predictions
+from nbquant.quantize.numerics import sqnr_db
+from nbquant.calibration.run import CalibrationSettings, calibrate
+from nbquant.data.binding import resolve_preprocess
+from nbquant.graph.load import load_model
 
 
 class Images(CalibrationDataReader):

@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 from common import machine, model_and_data, parser
-from nbquant.auto_calibration import AutoSettings, auto_calibrate
-from nbquant.datasets import ImageDataset
-from nbquant.pipeline import CalibrationSettings
+from nbquant.search.auto import AutoSettings, auto_calibrate
+from nbquant.data.images import ImageDataset
+from nbquant.calibration.run import CalibrationSettings
 
 
 def main() -> None:

@@ -20,10 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from common import machine, model_and_data, parser
-from nbquant.datasets import ImageDataset
-from nbquant.image_cache import cache_images
-from nbquant.pipeline import CalibrationSettings, calibrate, resolve_preprocess
-from nbquant.graph import load_model
+from nbquant.data.images import ImageDataset
+from nbquant.data.pixel_cache import cache_images
+from nbquant.calibration.run import CalibrationSettings, calibrate
+from nbquant.data.binding import resolve_preprocess
+from nbquant.graph.load import load_model
 
 RUN = """
 import sys, numpy as np, onnxruntime as ort

@@ -27,12 +27,12 @@ from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantT
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from common import integer_kernels, interleaved_latency, machine
-from nbquant.auto_calibration import AutoSettings, auto_calibrate
-from nbquant.evaluators import LogitEvaluator
+from nbquant.search.auto import AutoSettings, auto_calibrate
+from nbquant.evaluation.evaluators import LogitEvaluator
 from nbquant.files import save_model
-from nbquant.graph import constants
-from nbquant.pipeline import CalibrationSettings, calibrate
-from nbquant.tensor_data import TensorDataset
+from nbquant.graph.helpers import constants
+from nbquant.calibration.run import CalibrationSettings, calibrate
+from nbquant.data.tensors import TensorDataset
 from nbquant.zoo import build_minilm, encode_sentences, sample_sentences
 
 SEQUENCE = 128

@@ -11,14 +11,17 @@ from __future__ import annotations
 import pandas as pd
 
 from common import machine, model_and_data, parser
-from nbquant.analysis import rank_correlation as spearman
-from nbquant.calibration import Calibrator
-from nbquant.datasets import ImageDataset
-from nbquant.evaluators import LogitEvaluator, mean_kl, top1
-from nbquant.image_cache import cache_images
-from nbquant.pipeline import CalibrationSettings, build_config, collect_statistics, prepare_model, resolve_preprocess
-from nbquant.qdq import make_fake_quant_model
-from nbquant.sensitivity import rank_layers
+from nbquant.notebook.tables import rank_correlation as spearman
+from nbquant.calibration.calibrator import Calibrator
+from nbquant.data.images import ImageDataset
+from nbquant.evaluation.evaluators import LogitEvaluator
+from nbquant.evaluation.metrics import mean_kl, top1
+from nbquant.data.pixel_cache import cache_images
+from nbquant.calibration.run import CalibrationSettings, build_config, collect_statistics
+from nbquant.graph.prepare import prepare_model
+from nbquant.data.binding import resolve_preprocess
+from nbquant.quantize.fake_quant import make_fake_quant_model
+from nbquant.search.ranking import rank_layers
 
 
 def main() -> None:

@@ -19,11 +19,11 @@ import time
 from pathlib import Path
 
 from common import machine, model_and_data, parser
-from nbquant.datasets import ImageDataset
+from nbquant.data.images import ImageDataset
 
 CHILD = """
 import json, sys, time
-from nbquant.auto_calibration import AutoSettings, auto_calibrate
+from nbquant.search.auto import AutoSettings, auto_calibrate
 start = time.perf_counter()
 r = auto_calibrate(sys.argv[1], sys.argv[2], save_dir=sys.argv[3], settings=AutoSettings(max_drop=float(sys.argv[4])),
                    calib_data=sys.argv[5], progress=False)

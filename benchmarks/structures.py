@@ -17,11 +17,11 @@ from pathlib import Path
 import onnx
 
 from common import integer_kernels, machine, model_and_data, parser
-from nbquant.auto_calibration import AutoSettings, auto_calibrate
-from nbquant.datasets import ImageDataset
-from nbquant.evaluation import predictions
-from nbquant.evaluators import agreement
-from nbquant.pipeline import CalibrationSettings, calibrate
+from nbquant.search.auto import AutoSettings, auto_calibrate
+from nbquant.data.images import ImageDataset
+from nbquant.evaluation.accuracy import predictions
+from nbquant.evaluation.metrics import agreement
+from nbquant.calibration.run import CalibrationSettings, calibrate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from structures import STRUCTURES  # noqa: E402

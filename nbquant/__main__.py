@@ -1,3 +1,6 @@
+"""TODO"""
+
+
 import sys
 
 from .cli import main

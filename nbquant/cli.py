@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from . import settings
-from .config import ActMethod
+from .calibration.config import ActMethod
 from .errors import NbquantError
 
 EXIT_ERROR = 2
@@ -170,16 +170,16 @@ def _model_path(args) -> Path:
 
 
 def _dataset(args):
-    from .tensor_data import open_data
+    from .data.tensors import open_data
     return open_data(args.data if args.data else settings.data_dir())
 
 
 def _preprocess(args, model_proto, data=None):
     """The image preprocessing the flags, the model's metadata or its input shape give; None for arrays."""
+    from .data.binding import resolve_preprocess
+    from .data.preprocess import resize_for_crop
+    from .data.tensors import TensorDataset
     from .errors import ConfigError
-    from .pipeline import resolve_preprocess
-    from .preprocess import resize_for_crop
-    from .tensor_data import TensorDataset
     if isinstance(data, TensorDataset):
         given = [f"--{k}" for k in ("preset", "resize", "crop", "layout") if getattr(args, k) is not None]
         if given:
@@ -193,13 +193,13 @@ def _preprocess(args, model_proto, data=None):
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluation import evaluate
-    from .graph import load_model
-    from .pipeline import check_preprocess
+    from .data.binding import check_preprocess
+    from .evaluation.accuracy import evaluate
+    from .graph.load import load_model
     path = _model_path(args)
     model = load_model(path)
     data = _dataset(args)
-    from .tensor_data import TensorDataset
+    from .data.tensors import TensorDataset
     if isinstance(data, TensorDataset):
         from .errors import ConfigError
         raise ConfigError(f"evaluate reports top-1/top-5 of image classifiers; {data.root} holds arrays (use "
@@ -207,7 +207,7 @@ def cmd_evaluate(args) -> int:
     pre = _preprocess(args, model)
     check_preprocess(model, pre, str(path))
     result = evaluate(model, data, pre, batch_size=args.batch_size, limit=args.limit)
-    from .cpu_probe import probe_int8
+    from .quantize.cpu_probe import probe_int8
     print(f"model: {path}\nimages: {result.n} from {data.root}\ncpu: {probe_int8().describe()}")
     print(f"top-1: {result.top1:.4f}\ntop-5: {result.top5:.4f}\nseconds: {result.seconds:.1f}")
     if args.samples:
@@ -217,8 +217,8 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_cpu(args) -> int:
-    from .cpu_probe import probe_int8
-    from .deploy_target import resolve_target
+    from .quantize.cpu_probe import probe_int8
+    from .quantize.deploy_target import resolve_target
     report = probe_int8()
     print(report.describe())
     print(report.table.to_string(index=False))
@@ -227,8 +227,8 @@ def cmd_cpu(args) -> int:
 
 
 def cmd_layers(args) -> int:
-    from .graph import float_op_table
-    from .pipeline import prepare_model
+    from .graph.layers import float_op_table
+    from .graph.prepare import prepare_model
     prepared = prepare_model(_model_path(args))
     table = prepared.table[["layer", "kind", "input_shape", "weight_shape", "params", "macs"]]
     print(table.to_string(index=False, max_colwidth=40))
@@ -242,12 +242,12 @@ def cmd_layers(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
-    from .evaluation import evaluate
-    from .pipeline import calibrate
+    from .calibration.run import calibrate
+    from .evaluation.accuracy import evaluate
     path = _model_path(args)
     data = _dataset(args)
     calib_settings = _calib_settings(args)
-    from .graph import load_model
+    from .graph.load import load_model
     pre = _preprocess(args, load_model(path), data)
     save_dir = Path(args.save_dir) if args.save_dir else Path("runs") / path.stem
     result = calibrate(path, data, save_dir, calib_settings, args.config, pre)
@@ -273,7 +273,7 @@ def cmd_calibrate(args) -> int:
 
 def _print_fidelity(result, data, limit, batch_size) -> None:
     """Mean cosine similarity of the fake-quant and deploy models' outputs to the float model's (arrays)."""
-    from .evaluators import LogitEvaluator
+    from .evaluation.evaluators import LogitEvaluator
     data = data.bind(result.prepared.model)
     data = data.subset(min(limit, len(data))) if limit else data
     evaluator = LogitEvaluator(data, "cosine", batch_size=batch_size).prepare(result.prepared.model, None,
@@ -283,7 +283,7 @@ def _print_fidelity(result, data, limit, batch_size) -> None:
 
 
 def _calib_settings(args):
-    from .pipeline import CalibrationSettings
+    from .calibration.run import CalibrationSettings
     return CalibrationSettings(
         calib_num=args.calib_num, act_method=args.act_method or CalibrationSettings.act_method,
         symmetric=args.symmetric, per_channel=not args.per_tensor,
@@ -292,9 +292,9 @@ def _calib_settings(args):
 
 
 def cmd_auto_calibrate(args) -> int:
-    from .auto_calibration import AutoSettings, auto_calibrate
-    from .executors import open_pool
-    from .graph import load_model
+    from .evaluation.executors import open_pool
+    from .graph.load import load_model
+    from .search.auto import AutoSettings, auto_calibrate
     settings = AutoSettings(max_drop=args.max_drop, relative=args.relative, strategy=args.strategy,
                             sensitivity=args.sensitivity, max_evals=args.max_evals, eval_num=args.eval_num,
                             rank_num=args.rank_num, metric=args.metric, check_deploy=args.check_deploy,
@@ -341,7 +341,7 @@ def cmd_auto_calibrate(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo import demo_data, demo_model
+    from .zoo.demo import demo_data, demo_model
     model = demo_model()
     data, labeled = demo_data()
     print(f"model: {model}\nimages: {len(data)} in {data.root}")

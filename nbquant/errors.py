@@ -1,5 +1,6 @@
 """nbquant's exception types; each subclasses the builtin it refines."""
 
+
 import re
 from contextlib import contextmanager
 

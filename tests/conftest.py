@@ -7,7 +7,7 @@ import os
 import pytest
 
 from nbquant import settings
-from nbquant.datasets import ImageDataset
+from nbquant.data.images import ImageDataset
 
 
 def _missing(reason: str):
@@ -51,6 +51,6 @@ def real_model_path():
 @pytest.fixture(scope="session")
 def real_calibration(real_model_path, real_data, tmp_path_factory):
     """One default calibration run of the real model on its first 100 images, written to disk."""
-    from nbquant.pipeline import calibrate
+    from nbquant.calibration.run import calibrate
     save_dir = tmp_path_factory.mktemp("real_run")
     return calibrate(real_model_path, real_data, save_dir=save_dir, progress=False)

@@ -11,12 +11,12 @@ from dataclasses import replace
 import onnx
 import pytest
 
-from nbquant.auto_calibration import AutoSettings, EvaluatorError, auto_calibrate
+from nbquant.search.auto import AutoSettings, EvaluatorError, auto_calibrate
 from nbquant.cli import EXIT_NOT_MET
 from nbquant.errors import ConfigError
-from nbquant.evaluation import SIMULATE_KEY
-from nbquant.pipeline import CalibrationSettings
-from nbquant.search_record import load_ranking, load_record
+from nbquant.quantize.metadata import SIMULATE_KEY
+from nbquant.calibration.run import CalibrationSettings
+from nbquant.search.record import load_ranking, load_record
 
 pytestmark = pytest.mark.real
 FAST_CALIB = CalibrationSettings(calib_num=16)
@@ -124,7 +124,7 @@ def test_search_judges_the_deploy_model_and_the_simulation_only_when_asked(real_
 
 
 def test_retarget_at_the_runs_budget_repeats_the_run_from_its_history(real_model_path, real_data, tmp_path):
-    from nbquant.retarget import explorer_from_auto_result
+    from nbquant.search.retarget import explorer_from_auto_result
 
     settings = AutoSettings(max_drop=0.002, eval_num=200, rank_num=8)
     result = auto_calibrate(real_model_path, real_data, save_dir=tmp_path, settings=settings,
@@ -211,8 +211,8 @@ def test_evaluator_that_fails_names_the_step(real_model_path, real_data, tmp_pat
 
 
 def test_early_decisions_give_the_verdicts_of_full_evaluations(real_model_path, real_data, tmp_path):
-    from nbquant.deploy import make_deploy_model
-    from nbquant.pipeline import prepare_model
+    from nbquant.quantize.deploy import make_deploy_model
+    from nbquant.graph.prepare import prepare_model
 
     result = auto_calibrate(real_model_path, real_data, save_dir=tmp_path, calib_settings=FAST_CALIB, progress=False,
                             settings=AutoSettings(max_drop=0.001, eval_num=300, rank_num=8, max_evals=6))

@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nbquant.auto_calibration import AutoSettings
+from nbquant.search.auto import AutoSettings
 from nbquant.cli import main
-from nbquant.datasets import ImageDataset
+from nbquant.data.images import ImageDataset
 from nbquant.errors import ConfigError
-from nbquant.evaluators import LogitEvaluator, agreement, mean_kl, neg_kl, top1
+from nbquant.evaluation.evaluators import LogitEvaluator
+from nbquant.evaluation.metrics import agreement, mean_kl, neg_kl, top1
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -134,8 +134,8 @@ def test_config_with_unknown_layer(capsys, model_file, images, tmp_path):
 
 
 def test_failure_while_writing_leaves_no_results(model_file, images, tmp_path, monkeypatch):
-    from nbquant import pipeline
-    from nbquant.preprocess import Preprocess
+    from nbquant.calibration import run as pipeline
+    from nbquant.data.preprocess import Preprocess
 
     def broken(*_):
         raise OSError("disk full")
@@ -162,12 +162,12 @@ def test_layers_command_lists_layers_and_float_ops(capsys, model_file):
 
 def test_model_that_cannot_be_quantized_fails_before_the_search_in_one_line(capsys, model_file, images, tmp_path,
                                                                           monkeypatch):
-    import nbquant.pipeline
+    import nbquant.calibration.run
 
     def broken(*args, **kwargs):
         raise ValueError("Nodes in a graph must be topologically sorted, however input 'x_dq' of node:\n"
                          "name: Shape_7 OpType: Shape\n is not output of any previous nodes.")
-    monkeypatch.setattr(nbquant.pipeline, "make_deploy_model", broken)
+    monkeypatch.setattr(nbquant.calibration.run, "make_deploy_model", broken)
     save = tmp_path / "out"
     code, out, err = run(capsys, "auto-calibrate", model_file, "--data", images, "--save-dir", save,
                          "--metric", "agreement", "--resize", "8", "--crop", "8", "--calib-num", "4", "--rank-num", "2")
@@ -181,8 +181,8 @@ def test_model_that_cannot_be_quantized_fails_before_the_search_in_one_line(caps
 
 
 def test_unforeseen_error_is_one_line_without_verbose(capsys, model_file, images, monkeypatch):
-    import nbquant.pipeline
-    monkeypatch.setattr(nbquant.pipeline, "prepare_model", lambda *a, **k: 1 / 0)
+    import nbquant.calibration.run
+    monkeypatch.setattr(nbquant.calibration.run, "prepare_model", lambda *a, **k: 1 / 0)
     code, _, err = run(capsys, "calibrate", model_file, "--data", images, *SMALL)
     assert code == 2 and err.strip().count("\n") == 0
     assert "calibrate failed unexpectedly: ZeroDivisionError: division by zero (run with -v" in err

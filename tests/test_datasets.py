@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nbquant.datasets import Batch, DatasetLayout, ImageDataset, load_class_names
+from nbquant.data.images import Batch, DatasetLayout, ImageDataset, load_class_names
 from nbquant.errors import DataError
-from nbquant.preprocess import Preprocess
+from nbquant.data.preprocess import Preprocess
 
 PRE = Preprocess(resize=8, crop=8, mean=(0, 0, 0), std=(1, 1, 1), scale=1.0)
 
@@ -178,7 +178,7 @@ def test_real_data_is_imagenet_layout(real_data):
 def test_pixel_cache_gives_the_model_inputs_exactly_from_a_quarter_of_the_bytes(imagenet_dir, tmp_path):
     from dataclasses import replace
 
-    from nbquant.image_cache import cache_images
+    from nbquant.data.pixel_cache import cache_images
     data = ImageDataset(imagenet_dir)
     for pre in (PRE, replace(PRE, layout="NHWC", channel_order="BGR")):
         expected = np.concatenate([b.images for b in data.iter_batches(pre, batch_size=2)])

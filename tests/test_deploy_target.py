@@ -7,19 +7,21 @@ import numpy as np
 import onnx
 import pytest
 
-from nbquant import cpu_probe, evaluation
-from nbquant.calibration import Calibrator, observe, observed_tensors, with_outputs
-from nbquant.config import ActivationQuant, ActMethod, QuantConfig, config_to_dict
-from nbquant.cpu_probe import PROBES, Int8Report, KernelCheck, pair_safe_weight_max, probe_int8
-from nbquant.deploy import make_deploy_model
-from nbquant.deploy_target import (FULL_RANGE_KEY, TARGET_KEY, WEIGHT_MAX_KEY, DeployTarget, resolve_target,
-                                   weight_max)
+from nbquant.quantize import cpu_probe
+from nbquant.evaluation import session as evaluation
+from nbquant.calibration.calibrator import Calibrator, observe, observed_tensors, with_outputs
+from nbquant.calibration.config import ActivationQuant, ActMethod, QuantConfig, config_to_dict
+from nbquant.quantize.cpu_probe import PROBES, Int8Report, KernelCheck, pair_safe_weight_max, probe_int8
+from nbquant.quantize.deploy import make_deploy_model
+from nbquant.quantize.metadata import FULL_RANGE_KEY, TARGET_KEY, WEIGHT_MAX_KEY
+from nbquant.quantize.deploy_target import DeployTarget, resolve_target, weight_max
 from nbquant.errors import ConfigError
-from nbquant.evaluation import make_session
-from nbquant.fusion import fold_batchnorm
-from nbquant.graph import find_layers, kernel_kind, name_nodes
-from nbquant.qdq import make_fake_quant_model
-from nbquant.record_files import format_scale_offset_record, parse_scale_offset_record
+from nbquant.evaluation.session import make_session
+from nbquant.graph.fusion import fold_batchnorm
+from nbquant.graph.layers import find_layers, kernel_kind
+from nbquant.graph.load import name_nodes
+from nbquant.quantize.fake_quant import make_fake_quant_model
+from nbquant.quantize.record_files import format_scale_offset_record, parse_scale_offset_record
 from synthetic import conv_bn_model
 
 
@@ -130,7 +132,7 @@ def test_full_range_model_warns_once_where_this_cpu_is_inexact(monkeypatch, capl
     deploy = make_deploy_model(model, cal.quant_, cal.tensor_qparams_, DeployTarget.FULL)
     deploy.graph.name = "full_range_test_model"
     monkeypatch.setattr(evaluation, "probe_int8", lambda: fake_report(("conv", "pointwise")))
-    monkeypatch.setattr("nbquant.deploy_target.probe_int8", lambda: fake_report(("conv", "pointwise")))
+    monkeypatch.setattr("nbquant.quantize.deploy_target.probe_int8", lambda: fake_report(("conv", "pointwise")))
     monkeypatch.setattr(evaluation, "_warned", set())
     with caplog.at_level(logging.WARNING, logger="nbquant"):
         make_session(deploy)

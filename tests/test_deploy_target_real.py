@@ -11,11 +11,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from nbquant.deploy_target import TARGET_KEY, WEIGHT_MAX_KEY
-from nbquant.evaluation import evaluate
+from nbquant.quantize.metadata import TARGET_KEY, WEIGHT_MAX_KEY
+from nbquant.evaluation.accuracy import evaluate
 from nbquant.files import read_json
-from nbquant.pipeline import CalibrationSettings, calibrate
-from nbquant.preprocess import get_preset
+from nbquant.calibration.run import CalibrationSettings, calibrate
+from nbquant.data.preprocess import get_preset
 
 pytestmark = pytest.mark.real
 
@@ -93,7 +93,7 @@ def test_portable_deploy_model_is_bit_identical_on_an_emulated_avx2_cpu(runs, re
 
 PROBE_DYNAMIC = """
 import pathlib, sys, tempfile
-from nbquant.cpu_probe import check_kernel
+from nbquant.quantize.cpu_probe import check_kernel
 with tempfile.TemporaryDirectory() as tmp:
     check = check_kernel("matmul_dynamic", pathlib.Path(tmp))
 print(check.kernel, check.steps_full, check.steps_pair_safe)

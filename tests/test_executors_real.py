@@ -11,12 +11,14 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from nbquant.auto_calibration import AutoSettings, auto_calibrate
-from nbquant.datasets import ImageDataset
+from nbquant.search.auto import AutoSettings, auto_calibrate
+from nbquant.data.images import ImageDataset
 from nbquant.errors import ConfigError
-from nbquant.evaluators import LogitEvaluator
-from nbquant.executors import EvaluationPool, open_pool
-from nbquant.pipeline import CalibrationSettings, prepare_model, resolve_preprocess
+from nbquant.evaluation.evaluators import LogitEvaluator
+from nbquant.evaluation.executors import EvaluationPool, open_pool
+from nbquant.calibration.run import CalibrationSettings
+from nbquant.graph.prepare import prepare_model
+from nbquant.data.binding import resolve_preprocess
 
 pytestmark = pytest.mark.real
 FAST_CALIB = CalibrationSettings(calib_num=16)
@@ -51,11 +53,11 @@ def test_thread_pool_gives_the_in_process_outputs_and_decisions(real_model_path,
 
 
 def test_ranking_on_a_thread_pool_gives_the_in_process_scores(real_model_path, real_data):
-    from nbquant.calibration import Calibrator
-    from nbquant.image_cache import cache_images
-    from nbquant.pipeline import build_config, collect_statistics
-    from nbquant.sensitivity import rank_layers
-    from nbquant.shard_evaluation import ImageFiles
+    from nbquant.calibration.calibrator import Calibrator
+    from nbquant.data.pixel_cache import cache_images
+    from nbquant.calibration.run import build_config, collect_statistics
+    from nbquant.search.ranking import rank_layers
+    from nbquant.evaluation.shards import ImageFiles
 
     prepared = prepare_model(real_model_path)
     pre = resolve_preprocess(prepared.model, None)

@@ -3,9 +3,10 @@ import onnx
 import pytest
 
 from nbquant.errors import ModelError
-from nbquant.evaluation import make_session
-from nbquant.fusion import fold_batchnorm
-from nbquant.graph import find_layers, float_op_table, layer_table, load_model, name_nodes
+from nbquant.evaluation.session import make_session
+from nbquant.graph.fusion import fold_batchnorm
+from nbquant.graph.layers import find_layers, float_op_table, layer_table
+from nbquant.graph.load import load_model, name_nodes
 from synthetic import conv_bn_model, gemm_matmul_model
 
 

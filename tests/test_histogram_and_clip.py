@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from nbquant import clip_methods
+from nbquant.calibration import clip_methods
 from nbquant.errors import NotFittedError
-from nbquant.histogram import HistogramObserver
-from nbquant.numerics import INT8
+from nbquant.calibration.histogram import HistogramObserver
+from nbquant.quantize.numerics import INT8
 
 
 def test_streaming_histogram_keeps_all_counts_and_extremes():

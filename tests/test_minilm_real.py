@@ -7,12 +7,12 @@ import onnx
 import pytest
 
 from conftest import need_text_packages
-from nbquant.auto_calibration import AutoSettings, auto_calibrate
-from nbquant.evaluation import fused_ops
-from nbquant.evaluators import LogitEvaluator
+from nbquant.search.auto import AutoSettings, auto_calibrate
+from nbquant.evaluation.session import fused_ops
+from nbquant.evaluation.evaluators import LogitEvaluator
 from nbquant.files import save_model
-from nbquant.pipeline import CalibrationSettings
-from nbquant.tensor_data import TensorDataset
+from nbquant.calibration.run import CalibrationSettings
+from nbquant.data.tensors import TensorDataset
 
 pytestmark = pytest.mark.real
 

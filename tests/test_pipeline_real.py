@@ -6,10 +6,10 @@ import numpy as np
 import onnx
 import pytest
 
-from nbquant.config import QuantConfig, config_from_dict
-from nbquant.evaluation import evaluate
+from nbquant.calibration.config import QuantConfig, config_from_dict
+from nbquant.evaluation.accuracy import evaluate
 from nbquant.files import read_json
-from nbquant.record_files import parse_scale_offset_record, read_quant_map
+from nbquant.quantize.record_files import parse_scale_offset_record, read_quant_map
 
 pytestmark = pytest.mark.real
 
@@ -64,7 +64,7 @@ def test_layer_table_and_files_agree(real_calibration):
 
 
 def test_edited_config_is_accepted_by_the_next_run(real_calibration, real_model_path, real_data, tmp_path):
-    from nbquant.pipeline import calibrate
+    from nbquant.calibration.run import calibrate
     data = read_json(real_calibration.paths.config)
     data["/_fc/Gemm"]["quant_enable"] = False
     data["/_conv_stem/Conv"]["activation_quant_params"]["act_algo"] = "minmax"

@@ -8,7 +8,7 @@ pytest.importorskip("matplotlib")
 
 from matplotlib.figure import Figure  # noqa: E402
 
-from nbquant import analysis, plots  # noqa: E402
+from nbquant.notebook import tables as analysis, plots  # noqa: E402
 from nbquant.errors import ConfigError  # noqa: E402
 
 LAYERS = ["stem", "dw1", "pw1", "fc"]

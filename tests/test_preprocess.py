@@ -7,21 +7,7 @@ import pytest
 from PIL import Image
 
 from nbquant.errors import ConfigError
-from nbquant.preprocess import (
-    DEFAULT_PRESET,
-    PRESETS,
-    ChannelOrder,
-    Interpolation,
-    Layout,
-    Preprocess,
-    Rounding,
-    center_crop,
-    check_input_shape,
-    get_preset,
-    preprocess_image,
-    resize_short_side,
-    resized_long_side,
-)
+from nbquant.data.preprocess import DEFAULT_PRESET, PRESETS, ChannelOrder, Interpolation, Layout, Preprocess, Rounding, center_crop, check_input_shape, get_preset, preprocess_image, resize_short_side, resized_long_side
 
 
 def test_defaults_equal_the_default_preset():
@@ -146,7 +132,7 @@ def test_check_input_shape_rejects_wrong_rank():
 
 
 def test_crop_resize_and_layout_follow_a_static_model_input():
-    from nbquant.preprocess import fit_to_input
+    from nbquant.data.preprocess import fit_to_input
     pre = get_preset("half")
     nhwc, why = fit_to_input(pre, [1, 240, 240, 3])
     assert (nhwc.crop, nhwc.resize, nhwc.layout.value) == (240, 274, "NHWC") and "[1, 240, 240, 3]" in why
@@ -161,7 +147,7 @@ def test_model_without_metadata_gets_its_input_size_and_flags_still_win(tmp_path
     import onnx
 
     from nbquant.cli import _preprocess, build_parser
-    from nbquant.pipeline import resolve_preprocess
+    from nbquant.data.binding import resolve_preprocess
     model = onnx.parser.parse_model("""
     <ir_version: 8, opset_import: ["" : 13]>
     g (float[N, 3, 240, 240] x) => (float[N, 3, 240, 240] y) { y = Relu (x) }

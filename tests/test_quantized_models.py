@@ -6,14 +6,15 @@ import pytest
 from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from nbquant.calibration import Calibrator, observe, observed_tensors, with_outputs
-from nbquant.config import ActivationQuant, ActMethod, QuantConfig
-from nbquant.deploy import make_deploy_model
-from nbquant.evaluation import make_session
-from nbquant.fusion import fold_batchnorm
-from nbquant.graph import find_layers, name_nodes
-from nbquant.numerics import fake_quantize
-from nbquant.qdq import make_fake_quant_model
+from nbquant.calibration.calibrator import Calibrator, observe, observed_tensors, with_outputs
+from nbquant.calibration.config import ActivationQuant, ActMethod, QuantConfig
+from nbquant.quantize.deploy import make_deploy_model
+from nbquant.evaluation.session import make_session
+from nbquant.graph.fusion import fold_batchnorm
+from nbquant.graph.layers import find_layers
+from nbquant.graph.load import name_nodes
+from nbquant.quantize.numerics import fake_quantize
+from nbquant.quantize.fake_quant import make_fake_quant_model
 from synthetic import conv_bn_model, gemm_matmul_model
 
 

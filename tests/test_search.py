@@ -6,9 +6,9 @@ import math
 import pytest
 
 from nbquant.errors import ConfigError
-from nbquant.evaluators import Budget
-from nbquant.search import BudgetExhausted, search_binary, search_greedy, search_refine
-from nbquant.search_record import check_resume, load_ranking, load_record
+from nbquant.evaluation.metrics import Budget
+from nbquant.search.strategies import BudgetExhausted, search_binary, search_greedy, search_refine
+from nbquant.search.record import check_resume, load_ranking, load_record
 
 RANKED = [f"L{i}" for i in range(20)]
 

@@ -6,10 +6,11 @@ import numpy as np
 import onnx
 import pytest
 
-from nbquant.auto_calibration import AutoSettings, auto_calibrate
-from nbquant.evaluation import make_session, predictions
-from nbquant.evaluators import agreement
-from nbquant.pipeline import CalibrationSettings, calibrate
+from nbquant.search.auto import AutoSettings, auto_calibrate
+from nbquant.evaluation.session import make_session
+from nbquant.evaluation.accuracy import predictions
+from nbquant.evaluation.metrics import agreement
+from nbquant.calibration.run import CalibrationSettings, calibrate
 from structures import STRUCTURES
 
 pytestmark = pytest.mark.real

@@ -10,14 +10,15 @@ import numpy as np
 import onnx
 import pytest
 
-from nbquant.auto_calibration import AutoSettings, auto_calibrate
+from nbquant.search.auto import AutoSettings, auto_calibrate
 from nbquant.cli import main
 from nbquant.errors import ConfigError, DataError
-from nbquant.evaluation import fused_ops, make_session
-from nbquant.evaluators import LogitEvaluator, cosine_similarity
-from nbquant.pipeline import CalibrationSettings, build_config, calibrate
-from nbquant.sensitivity import cosine_scores, shadow_model
-from nbquant.tensor_data import TensorDataset, open_data
+from nbquant.evaluation.session import fused_ops, make_session
+from nbquant.evaluation.evaluators import LogitEvaluator
+from nbquant.evaluation.metrics import cosine_similarity
+from nbquant.calibration.run import CalibrationSettings, build_config, calibrate
+from nbquant.search.ranking import cosine_scores, shadow_model
+from nbquant.data.tensors import TensorDataset, open_data
 from structures import text_encoder, text_samples
 
 CALIB = CalibrationSettings(calib_num=32, batch_size=8)

@@ -5,14 +5,15 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from nbquant.calibration import Calibrator, observe, observed_tensors, with_outputs
-from nbquant.config import ActivationQuant, ActMethod, QuantConfig, WeightRounding, config_from_dict, config_to_dict
+from nbquant.calibration.calibrator import Calibrator, observe, observed_tensors, with_outputs
+from nbquant.calibration.config import ActivationQuant, ActMethod, QuantConfig, WeightRounding, config_from_dict, config_to_dict
 from nbquant.errors import ConfigError, NotFittedError
-from nbquant.evaluation import make_session
-from nbquant.fusion import fold_batchnorm
-from nbquant.graph import find_layers, name_nodes
-from nbquant.input_covariance import ConvGeometry, CovarianceObserver, conv_rows
-from nbquant.weight_rounding import choose_rounding, output_error, round_gptq, round_nearest
+from nbquant.evaluation.session import make_session
+from nbquant.graph.fusion import fold_batchnorm
+from nbquant.graph.layers import find_layers
+from nbquant.graph.load import name_nodes
+from nbquant.calibration.input_covariance import ConvGeometry, CovarianceObserver, conv_rows
+from nbquant.calibration.weight_rounding import choose_rounding, output_error, round_gptq, round_nearest
 from synthetic import conv_bn_model
 
 

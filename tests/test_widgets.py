@@ -7,10 +7,10 @@ pytest.importorskip("ipywidgets")
 pytest.importorskip("matplotlib")
 
 from nbquant.errors import ConfigError, ModelError  # noqa: E402
-from nbquant.evaluation import make_session  # noqa: E402
-from nbquant.pipeline import prepare_model  # noqa: E402
-from nbquant.retarget import FallbackExplorer, model_evaluator  # noqa: E402
-from nbquant.widgets import FallbackWidget  # noqa: E402
+from nbquant.evaluation.session import make_session  # noqa: E402
+from nbquant.graph.prepare import prepare_model  # noqa: E402
+from nbquant.search.retarget import FallbackExplorer, model_evaluator  # noqa: E402
+from nbquant.notebook.widgets import FallbackWidget  # noqa: E402
 
 from synthetic import gemm_matmul_model  # noqa: E402
 
@@ -133,8 +133,8 @@ def test_widget_shows_unmet_targets_and_errors_in_its_status():
 
 
 def test_model_evaluator_builds_fake_quant_models_without_the_float_layers():
-    from nbquant.calibration import Calibrator, observe, observed_tensors, with_outputs
-    from nbquant.config import QuantConfig
+    from nbquant.calibration.calibrator import Calibrator, observe, observed_tensors, with_outputs
+    from nbquant.calibration.config import QuantConfig
     import numpy as np
 
     prepared = prepare_model(gemm_matmul_model())

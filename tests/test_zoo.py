@@ -18,13 +18,7 @@ from PIL import Image
 
 from nbquant import settings
 from nbquant.errors import ConfigError, ModelError
-from nbquant.zoo import (
-    build_efficientnet_lite,
-    find_weights,
-    load_state_dict,
-    save_model,
-    state_dict_shapes,
-)
+from nbquant.zoo import build_efficientnet_lite, find_weights, load_state_dict, save_model, state_dict_shapes
 from nbquant.zoo import efficientnet_lite
 from nbquant.zoo.torch_pickle import LEGACY_MAGIC, LEGACY_PROTOCOL
 
@@ -323,8 +317,8 @@ def test_lite0_matches_shared_model(shared_batch, fold_bn):
 
 
 def test_recorded_preprocessing_is_what_nbquant_uses():
-    from nbquant.pipeline import resolve_preprocess
-    from nbquant.preprocess import Rounding, get_preset
+    from nbquant.data.binding import resolve_preprocess
+    from nbquant.data.preprocess import Rounding, get_preset
     from nbquant.zoo import build_efficientnet_lite, state_dict_shapes
 
     rng = np.random.default_rng(0)

@@ -21,8 +21,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import ConfigError, ModelError
-from ..fusion import fold_bn_params
-from .torch_pickle import load_state_dict
+from ..graph.fusion import fold_bn_params
+from ..zoo.torch_pickle import load_state_dict
 
 OPSET = 13
 IR_VERSION = 8

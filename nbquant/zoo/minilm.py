@@ -26,7 +26,7 @@ from onnx import TensorProto, helper
 
 from ..errors import ConfigError, ModelError
 from ..files import save_model as save_onnx
-from .efficientnet_lite import _GraphBuilder
+from ..zoo.efficientnet_lite import _GraphBuilder
 
 OPSET = 17
 IR_VERSION = 8

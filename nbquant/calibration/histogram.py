@@ -1,0 +1,98 @@
+"""Streaming activation histogram: memory stays flat however many images are calibrated."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import NotFittedError
+
+DEFAULT_BINS = 4096
+
+
+class HistogramObserver:
+    """Accumulates a fixed-size histogram of a tensor's values over batches.
+
+    The range grows as batches arrive; when it does, the counts seen so far are
+    redistributed onto the new bins through the cumulative distribution (HFMG-style
+    merging), so no raw activations are kept.
+    """
+
+    def __init__(self, bins: int = DEFAULT_BINS):
+        self.bins = bins
+
+    def __repr__(self) -> str:
+        fitted = hasattr(self, "counts_")
+        extra = f", range=[{self.min_:.4g}, {self.max_:.4g}], n={self.count_}" if fitted else ""
+        return f"HistogramObserver(bins={self.bins}{extra})"
+
+    def partial_fit(self, x: np.ndarray) -> "HistogramObserver":
+        """Add the values of one batch (non-finite values are ignored)."""
+        x = np.asarray(x, dtype=np.float32).ravel()
+        lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            x = x[np.isfinite(x)]
+            lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
+        if x.size == 0:
+            return self
+        if not hasattr(self, "counts_"):
+            self.min_, self.max_, self.count_, self.zeros_ = lo, hi, 0, 0
+            self.counts_ = np.zeros(self.bins, dtype=np.float64)
+            self.edges_ = _edges(lo, hi, self.bins)
+        elif lo < self.edges_[0] or hi > self.edges_[-1]:
+            self._widen(min(lo, self.edges_[0]), max(hi, self.edges_[-1]))
+        self.min_, self.max_ = min(self.min_, lo), max(self.max_, hi)
+        self.count_ += x.size
+        self.zeros_ += int(np.count_nonzero(x == 0))
+        self.counts_ += _bin_counts(x, self.edges_[0], self.edges_[-1], self.bins)
+        return self
+
+    def fit(self, batches) -> "HistogramObserver":
+        """Histogram of every batch in ``batches`` (an iterable of arrays)."""
+        for key in ("counts_", "edges_", "min_", "max_", "count_", "zeros_"):
+            self.__dict__.pop(key, None)
+        for x in batches:
+            self.partial_fit(x)
+        return self
+
+    @property
+    def histogram(self) -> tuple[np.ndarray, np.ndarray]:
+        """(counts, edges) of the values seen so far."""
+        if not hasattr(self, "counts_"):
+            raise NotFittedError("HistogramObserver has seen no data yet; call partial_fit first")
+        return self.counts_, self.edges_
+
+    @property
+    def nonzero_histogram(self) -> tuple[np.ndarray, np.ndarray]:
+        """(counts, edges) without the exact zeros (ReLU's spike), which quantize exactly
+        whatever the range; clip searches judge only the values that can suffer."""
+        counts, edges = self.histogram
+        counts = counts.copy()
+        if edges[0] <= 0.0 <= edges[-1]:
+            i = min(int(np.searchsorted(edges, 0.0, side="right")) - 1, len(counts) - 1)
+            counts[i] = max(counts[i] - self.zeros_, 0.0)
+        return counts, edges
+
+    def _widen(self, lo: float, hi: float) -> None:
+        # Grow by at least a quarter of the width so a slowly creeping range re-bins rarely.
+        width = self.edges_[-1] - self.edges_[0]
+        lo = min(lo, self.edges_[0] - 0.25 * width) if lo < self.edges_[0] else lo
+        hi = max(hi, self.edges_[-1] + 0.25 * width) if hi > self.edges_[-1] else hi
+        new_edges = _edges(lo, hi, self.bins)
+        cdf = np.concatenate([[0.0], np.cumsum(self.counts_)])
+        new_cdf = np.interp(new_edges, self.edges_, cdf, left=0.0, right=cdf[-1])
+        self.counts_ = np.diff(new_cdf)
+        self.edges_ = new_edges
+
+
+def _edges(lo: float, hi: float, bins: int) -> np.ndarray:
+    if hi <= lo:
+        hi = lo + max(abs(lo) * 1e-6, 1e-12)
+    return np.linspace(lo, hi, bins + 1)
+
+
+def _bin_counts(x: np.ndarray, lo: float, hi: float, bins: int) -> np.ndarray:
+    """Counts of ``x`` in ``bins`` equal bins over [lo, hi]; a few times faster than np.histogram."""
+    index = np.subtract(x, np.float32(lo), dtype=np.float32)
+    index *= np.float32(bins / (hi - lo))
+    np.clip(index, 0, bins - 1, out=index)
+    return np.bincount(index.astype(np.uint16 if bins <= 65536 else np.int64), minlength=bins)

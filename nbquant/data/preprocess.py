@@ -1,0 +1,290 @@
+"""Image preprocessing as an explicit, validated config: resize, center crop, normalize.
+
+Matches torchvision's ``Resize(resize)`` + ``CenterCrop(crop)`` + ``ToTensor`` +
+``Normalize(mean, std)`` on PIL images, so accuracy numbers agree with PyTorch references.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from enum import Enum
+
+import numpy as np
+from PIL import Image
+
+from ..errors import ConfigError
+
+
+class ChannelOrder(str, Enum):
+    """Order of the colour channels the model expects."""
+
+    RGB = "RGB"
+    BGR = "BGR"
+
+
+class Layout(str, Enum):
+    """Axis order of the model input: channels first (NCHW) or last (NHWC)."""
+
+    NCHW = "NCHW"
+    NHWC = "NHWC"
+
+
+class Interpolation(str, Enum):
+    """PIL resampling filter used for the short-side resize."""
+
+    BILINEAR = "bilinear"
+    BICUBIC = "bicubic"
+
+
+class Rounding(str, Enum):
+    """How the long side is rounded in the short-side resize.
+
+    FLOOR is torchvision's ``int(long * resize / short)``; ROUND is round-half-up, which
+    reproduces the shared EfficientNet-Lite0's documented top-1 (0.886, vs 0.882 with FLOOR).
+    """
+
+    FLOOR = "floor"
+    ROUND = "round"
+
+
+_PIL_FILTERS = {
+    Interpolation.BILINEAR: Image.Resampling.BILINEAR,
+    Interpolation.BICUBIC: Image.Resampling.BICUBIC,
+}
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How one image becomes one model input row; validated on creation.
+
+    ``mean`` and ``std`` are listed in the output channel order (``channel_order``)
+    and apply after multiplying pixels (0..255) by ``scale``. Defaults equal the "half" preset.
+    """
+
+    resize: int = 256
+    crop: int = 224
+    mean: tuple[float, float, float] = (0.498, 0.498, 0.498)
+    std: tuple[float, float, float] = (0.502, 0.502, 0.502)
+    scale: float = 1 / 255
+    channel_order: ChannelOrder = ChannelOrder.RGB
+    layout: Layout = Layout.NCHW
+    interpolation: Interpolation = Interpolation.BILINEAR
+    resize_rounding: Rounding = Rounding.ROUND
+
+    def __post_init__(self) -> None:
+        for name in ("resize", "crop"):
+            _check_positive_int(name, getattr(self, name))
+        if self.crop > self.resize:
+            raise ConfigError(
+                f"crop must be <= resize, got crop={self.crop} resize={self.resize}"
+            )
+        object.__setattr__(self, "mean", _to_triple("mean", self.mean, positive=False))
+        object.__setattr__(self, "std", _to_triple("std", self.std, positive=True))
+        if not _is_number(self.scale) or not math.isfinite(self.scale) or self.scale <= 0:
+            raise ConfigError(f"scale must be a positive number, got {self.scale!r}")
+        object.__setattr__(self, "scale", float(self.scale))
+        for name, enum in (
+            ("channel_order", ChannelOrder),
+            ("layout", Layout),
+            ("interpolation", Interpolation),
+            ("resize_rounding", Rounding),
+        ):
+            object.__setattr__(self, name, _to_enum(name, getattr(self, name), enum))
+
+    def describe(self) -> str:
+        """One line for logs and records.
+
+        >>> Preprocess().describe()
+        'resize 256 (round, bilinear), crop 224, RGB NCHW, (x * 0.00392 - 0.498) / 0.502'
+        """
+        mean = ",".join(f"{m:g}" for m in sorted(set(self.mean))) if len(set(self.mean)) == 1 else \
+            ",".join(f"{m:g}" for m in self.mean)
+        std = ",".join(f"{v:g}" for v in sorted(set(self.std))) if len(set(self.std)) == 1 else \
+            ",".join(f"{v:g}" for v in self.std)
+        return (f"resize {self.resize} ({self.resize_rounding.value}, {self.interpolation.value}), crop {self.crop}, "
+                f"{self.channel_order.value} {self.layout.value}, (x * {self.scale:.3g} - {mean}) / {std}")
+
+    @property
+    def output_shape(self) -> tuple[int, int, int]:
+        """Shape of one preprocessed image: (C, H, W) for NCHW, (H, W, C) for NHWC."""
+        if self.layout is Layout.NCHW:
+            return (3, self.crop, self.crop)
+        return (self.crop, self.crop, 3)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def _check_positive_int(name: str, value: object) -> None:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"{name} must be a positive int, got {value!r}")
+
+
+def _to_triple(name: str, value: object, positive: bool) -> tuple[float, float, float]:
+    """Turn a sequence of three finite numbers into a float tuple, or raise ConfigError."""
+    kind = "positive numbers" if positive else "finite numbers"
+    if not isinstance(value, (Sequence, np.ndarray)) or isinstance(value, str) or len(value) != 3:
+        raise ConfigError(f"{name} must be 3 {kind} (one per channel), got {value!r}")
+    if not all(_is_number(v) and math.isfinite(v) and (v > 0 or not positive) for v in value):
+        raise ConfigError(f"{name} must be 3 {kind} (one per channel), got {value!r}")
+    return tuple(float(v) for v in value)  # type: ignore[return-value]
+
+
+def _to_enum(name: str, value: object, enum: type[Enum]) -> Enum:
+    """Accept an enum member or its value (case-insensitive string) for CLI/notebook use."""
+    if isinstance(value, enum):
+        return value
+    for member in enum:
+        if isinstance(value, str) and value.lower() == member.value.lower():
+            return member
+    valid = ", ".join(m.value for m in enum)
+    raise ConfigError(f"{name} must be one of {valid}, got {value!r}")
+
+
+PRESETS: dict[str, Preprocess] = {
+    # torchvision / timm conventions: long side truncated like torchvision's Resize
+    "imagenet": Preprocess(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+                           resize_rounding=Rounding.FLOOR),
+    # the shared EfficientNet-Lite0's scaling; ROUND reproduces its documented top-1 0.886
+    "half": Preprocess(mean=(0.498, 0.498, 0.498), std=(0.502, 0.502, 0.502),
+                       resize_rounding=Rounding.ROUND),
+    "inception": Preprocess(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+                            resize_rounding=Rounding.FLOOR),
+}
+DEFAULT_PRESET = "half"
+
+
+def get_preset(name: str) -> Preprocess:
+    """The named preprocessing preset; unknown names raise ConfigError listing the valid ones."""
+    try:
+        return PRESETS[name]
+    except (KeyError, TypeError):
+        valid = ", ".join(sorted(PRESETS))
+        message = f"unknown preprocessing preset {name!r}; valid presets: {valid}"
+        raise ConfigError(message) from None
+
+
+def resized_long_side(short: int, long: int, size: int, rounding: Rounding) -> int:
+    """Long side once ``short`` becomes ``size``: 640x427 to 256 is 383 (FLOOR), 384 (ROUND)."""
+    exact = long * size / short
+    return int(exact) if rounding is Rounding.FLOOR else math.floor(exact + 0.5)
+
+
+def resize_short_side(img: Image.Image, size: int, interpolation: Interpolation,
+                      rounding: Rounding = Rounding.FLOOR) -> Image.Image:
+    """Resize so the short side is ``size``, keeping the aspect ratio (long side per rounding)."""
+    w, h = img.size
+    short, long = (w, h) if w <= h else (h, w)
+    if short == size:
+        return img
+    new_long = resized_long_side(short, long, size, rounding)
+    new_size = (size, new_long) if w <= h else (new_long, size)
+    return img.resize(new_size, _PIL_FILTERS[interpolation])
+
+
+def center_crop(img: Image.Image, crop: int) -> Image.Image:
+    """Central ``crop`` x ``crop`` square, offsets rounded like torchvision's CenterCrop."""
+    w, h = img.size
+    top = int(round((h - crop) / 2.0))
+    left = int(round((w - crop) / 2.0))
+    return img.crop((left, top, left + crop, top + crop))
+
+
+def preprocess_image(img: Image.Image, pre: Preprocess) -> np.ndarray:
+    """One PIL image to a float32 array shaped ``pre.output_shape``.
+
+    Example: a 4x4 pure-red image with resize=crop=2, scale=1/255, mean 0.5, std 0.5
+    gives channel R = (1 - 0.5) / 0.5 = 1.0 and channels G, B = (0 - 0.5) / 0.5 = -1.0.
+    """
+    return normalize(crop_pixels(img, pre), pre)
+
+
+def crop_pixels(img: Image.Image, pre: Preprocess) -> np.ndarray:
+    """The resized, center-cropped RGB pixels as uint8 [crop, crop, 3]: 4x smaller to keep than
+    the model input, which :func:`normalize` computes from them exactly."""
+    img = resize_short_side(img.convert("RGB"), pre.resize, pre.interpolation, pre.resize_rounding)
+    return np.asarray(center_crop(img, pre.crop), dtype=np.uint8)
+
+
+def normalize(pixels: np.ndarray, pre: Preprocess) -> np.ndarray:
+    """uint8 RGB pixels [..., H, W, 3] to the model input: channel order, scale, mean/std, layout."""
+    arr = pixels.astype(np.float32)
+    if pre.channel_order is ChannelOrder.BGR:
+        arr = arr[..., ::-1]
+    arr = arr * np.float32(pre.scale)
+    arr -= np.asarray(pre.mean, dtype=np.float32)
+    arr /= np.asarray(pre.std, dtype=np.float32)
+    if pre.layout is Layout.NCHW:
+        arr = np.moveaxis(arr, -1, -3)
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+CROP_RATIO = 0.875  # the ImageNet convention: crop 224 of a short side resized to 256
+
+
+def resize_for_crop(crop: int) -> int:
+    """The short-side resize that goes with a center crop at the ImageNet ratio 0.875.
+
+    >>> resize_for_crop(224), resize_for_crop(240), resize_for_crop(260)
+    (256, 274, 297)
+    """
+    return int(round(crop / CROP_RATIO))
+
+
+def fit_to_input(pre: Preprocess, input_shape: Sequence[object]) -> tuple[Preprocess, str]:
+    """``pre`` with crop, resize and layout taken from a static square image input
+    ([N, 3, H, H] or [N, H, H, 3]), and a sentence saying what changed ("" when nothing did).
+
+    >>> new, why = fit_to_input(Preprocess(), [None, 3, 240, 240])
+    >>> new.crop, new.resize, new.layout.value
+    (240, 274, 'NCHW')
+    """
+    dims = list(input_shape)[1:]
+    if len(dims) != 3:
+        return pre, ""
+    if dims[0] == 3 and isinstance(dims[1], (int, np.integer)) and dims[1] == dims[2] and dims[1] > 0:
+        size, layout = int(dims[1]), Layout.NCHW
+    elif dims[2] == 3 and isinstance(dims[0], (int, np.integer)) and dims[0] == dims[1] and dims[0] > 0:
+        size, layout = int(dims[0]), Layout.NHWC
+    else:
+        return pre, ""
+    if (size, layout) == (pre.crop, pre.layout):
+        return pre, ""
+    new = replace(pre, crop=size, resize=resize_for_crop(size), layout=layout)
+    return new, (f"crop {size}, resize {new.resize} (ratio {CROP_RATIO}) and layout {layout.value} from the "
+                 f"model's input {_format_shape(list(input_shape))}")
+
+
+def _format_shape(shape: Sequence[object]) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def _dims_match(declared: Sequence[object], produced: Sequence[int]) -> bool:
+    """True when every fixed (int) declared dim equals the produced one; str/None dims are free."""
+    if len(declared) != len(produced):
+        return False
+    return all(not isinstance(d, (int, np.integer)) or d == p for d, p in zip(declared, produced))
+
+
+def check_input_shape(pre: Preprocess, input_shape: Sequence[object],
+                      model_path_or_name: str | os.PathLike) -> None:
+    """Raise ConfigError when ``pre`` produces images the model's declared input cannot take.
+
+    ``input_shape`` is the model's input shape, batch first; None or str dims are dynamic.
+    """
+    declared = list(input_shape)
+    produced = pre.output_shape
+    if _dims_match(declared[1:], produced):
+        return
+    other = Layout.NHWC if pre.layout is Layout.NCHW else Layout.NCHW
+    swapped = replace(pre, layout=other).output_shape
+    hint = "--layout" if _dims_match(declared[1:], swapped) else "--crop/--preset"
+    raise ConfigError(
+        f"model {model_path_or_name} expects input {_format_shape(declared)} but preprocessing "
+        f"crop={pre.crop} layout={pre.layout.value} gives {_format_shape(produced)}; "
+        f"pass a matching {hint}"
+    )

@@ -1,0 +1,123 @@
+"""Evaluators: what "accuracy" means for the auto calibration, and when a loss is acceptable.
+
+The protocol is the reference tool's: ``evaluate(model) -> metric`` (model: an ONNX file
+path or ModelProto) and ``metric_eval(original, new) -> (ok, loss)``; ``calibration(model)``
+is accepted for compatibility but nbquant calibrates on images it is given. The built-in
+:class:`LogitEvaluator` computes a metric of the model's outputs on cached images.
+"""
+
+from __future__ import annotations
+
+from contextlib import closing
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from ..data.images import ImageDataset
+from ..data.pixel_cache import cache_images
+from ..data.preprocess import Preprocess
+from ..data.tensors import TensorDataset
+from ..errors import ConfigError
+from ..evaluation.early_decision import HIT_METRICS, decision_order, hits, upper_bound
+from ..evaluation.executors import as_pool
+from .metrics import METRICS, Budget
+from .shards import ImageFiles, batch_plan, collect, reference_outputs, run_plan
+
+
+class Evaluator(Protocol):
+    def evaluate(self, model) -> object: ...
+
+    def metric_eval(self, original, new) -> tuple[bool, float]: ...
+
+
+class LogitEvaluator:
+    """A metric of the model's outputs on a fixed set of images, with a loss budget.
+
+    ``metric`` is ``"top1"`` (needs labels), ``"agreement"``, ``"kl"`` or ``"cosine"`` (label-free
+    fidelity to the float model; cosine for outputs that are not class scores, such as embeddings),
+    or a callable ``f(logits, labels, reference_logits) -> float``. ``data`` is an ImageDataset or a
+    TensorDataset (arrays for models that do not take images).
+    Images are decoded once; the float model's outputs are computed once. ``executor`` (a
+    ``concurrent.futures.Executor`` or ``dask.distributed`` Client) runs the images in shards on
+    its workers, with the same results (arrays travel with each shard; images are decoded there).
+    """
+
+    def __init__(self, data: ImageDataset | TensorDataset, metric="top1", max_drop: float = 0.005,
+                 relative: bool = False, batch_size: int = 16, executor=None):
+        self.data = data
+        self.metric = metric
+        self.budget = Budget(max_drop, relative)
+        self.batch_size = batch_size
+        self.pool = as_pool(executor)
+        if isinstance(metric, str) and metric not in METRICS:
+            raise ConfigError(f"metric must be one of {', '.join(METRICS)} or a callable, got {metric!r}")
+        if metric == "top1" and not data.labeled:
+            raise ConfigError(f"metric top1 needs labels, but the samples in {data.root} are unlabeled; "
+                              "use metric 'agreement', 'kl' or 'cosine' (fidelity to the float model)")
+
+    def __repr__(self) -> str:
+        name = self.metric if isinstance(self.metric, str) else getattr(self.metric, "__name__", "custom")
+        kind = "relative" if self.budget.relative else "absolute"
+        return f"LogitEvaluator(metric={name!r}, max_drop={self.budget.max_drop} {kind}, images={len(self.data)})"
+
+    def prepare(self, float_model, pre: Preprocess | None, cache_file: Path | None = None, progress: bool = True):
+        """Decode the images once, compute the float model's outputs once and fix the order images
+        are run in (see :attr:`order_`). With an executor the workers decode their own shards;
+        arrays need no decoding (``pre`` None) and travel with each shard."""
+        if isinstance(self.data, TensorDataset):
+            self.images_ = self.data
+        elif self.pool is None:
+            self.images_ = cache_images(self.data, pre, cache_file, progress=progress,
+                                        desc="decode evaluation images")
+        else:
+            self.images_ = ImageFiles.of(self.data, pre)
+        self.images_, self.reference_ = reference_outputs(float_model, self.images_, self.batch_size, self.pool,
+                                                          progress)
+        #: the order images run in: likely misses first for early decisions (see early_decision)
+        self.order_ = (decision_order(self.metric, self.reference_, self.images_.labels) if self.decides_early
+                       else np.arange(len(self.images_)))
+        self._float_model = float_model
+        return self
+
+    def logits(self, model, simulate: bool | None = None) -> np.ndarray:
+        """The model's first output for every image, in file order (run in :attr:`order_`)."""
+        plan = batch_plan(self.order_, self.batch_size)
+        return collect(run_plan(model, self.images_, plan, self.pool, simulate), len(self.images_))[0]
+
+    def calibration(self, model) -> None:
+        """Reference-tool compatibility; nbquant calibrates on the images it is given."""
+
+    def evaluate(self, model) -> float:
+        if not hasattr(self, "images_"):
+            raise ConfigError("LogitEvaluator.prepare(float_model, preprocess) must run before evaluate")
+        fn = METRICS[self.metric] if isinstance(self.metric, str) else self.metric
+        logits = self.reference_ if model is self._float_model else self.logits(model)
+        return float(fn(logits, self.images_.labels, self.reference_))
+
+    @property
+    def decides_early(self) -> bool:
+        """Whether :meth:`decide` can stop early (hit metrics: top1, agreement)."""
+        return isinstance(self.metric, str) and self.metric in HIT_METRICS
+
+    def decide(self, model, original: float) -> tuple[float | None, int, float]:
+        """(metric, images used, upper bound): the exact metric (and bound), or None once the images
+        seen prove that the configuration misses the budget whatever the others give; the bound is
+        then the best metric it could still have reached (see :mod:`nbquant.early_decision`)."""
+        if not self.decides_early:
+            metric = self.evaluate(model)
+            return metric, len(self.images_), metric
+        total, seen, hit_count = len(self.order_), 0, 0
+        plan = batch_plan(self.order_, self.batch_size)
+        with closing(run_plan(model, self.images_, plan, self.pool)) as batches:  # closing cancels the rest
+            for picked, logits in batches:
+                hit_count += int(hits(self.metric, logits, self.images_.labels[picked],
+                                      self.reference_[picked]).sum())
+                seen += len(picked)
+                bound = upper_bound(hit_count, seen, total)
+                if not self.budget.check(original, bound)[0]:
+                    return None, seen, bound
+        return hit_count / total, total, hit_count / total
+
+    def metric_eval(self, original, new) -> tuple[bool, float]:
+        return self.budget.check(original, new)
