@@ -17,7 +17,7 @@ pytest.importorskip("ipykernel")
 pytest.importorskip("ipywidgets")
 pytest.importorskip("matplotlib")
 
-NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 NAMES = ["01_calibration.ipynb", "02_ranking_visualization.ipynb", "03_fallback_loop.ipynb"]
 LIMIT_SECONDS = 180
 
