@@ -14,10 +14,11 @@ import time
 from pathlib import Path
 
 from common import machine, model_and_data, parser
-from nbquant.search.auto import AutoSettings, auto_calibrate
+
+from nbquant.calibration.run import CalibrationSettings
 from nbquant.data.images import ImageDataset
 from nbquant.evaluation.accuracy import evaluate
-from nbquant.calibration.run import CalibrationSettings
+from nbquant.search.auto import AutoSettings, auto_calibrate
 
 SETTINGS = {  # per-channel, max drop, strategy, sensitivity, deploy target
     "pc-0.002": (True, 0.002, "refine", "output", "auto"),

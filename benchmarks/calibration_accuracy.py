@@ -15,9 +15,10 @@ import time
 from pathlib import Path
 
 from common import machine, model_and_data, parser
+
+from nbquant.calibration.run import CalibrationSettings, calibrate
 from nbquant.data.images import ImageDataset
 from nbquant.evaluation.accuracy import evaluate
-from nbquant.calibration.run import CalibrationSettings, calibrate
 
 # VmHWM is the child's own peak RSS; ru_maxrss would carry over the parent's peak across fork+exec.
 EVAL_CHILD = """
@@ -32,7 +33,8 @@ print(r.top1, r.n, hwm)
 
 def main() -> None:
     p = parser(__doc__)
-    p.add_argument("--methods", default="mse", help="comma-separated activation methods (e.g. minmax,mse,percentile,kl)")
+    p.add_argument("--methods", default="mse",
+                   help="comma-separated activation methods (e.g. minmax,mse,percentile,kl)")
     args = p.parse_args()
     model_path, data_dir = model_and_data(args)
     data = ImageDataset(data_dir)

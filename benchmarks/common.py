@@ -10,9 +10,9 @@ import numpy as np
 import onnxruntime as ort
 
 from nbquant import settings
+from nbquant.evaluation.session import fused_ops
 from nbquant.notebook.tables import measure_latency
 from nbquant.quantize.cpu_probe import probe_int8
-from nbquant.evaluation.session import fused_ops
 
 
 def parser(description: str) -> argparse.ArgumentParser:

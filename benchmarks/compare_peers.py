@@ -59,9 +59,9 @@ def log(message: str) -> None:
 
 def prepare_data(model: Path, data_dir: Path, work: Path, calib_num: int, eval_num: int | None) -> dict:
     """Decode the images once with nbquant's preprocessing; reuse when model/data/sizes match."""
+    from nbquant.data.binding import resolve_preprocess
     from nbquant.data.images import ImageDataset
     from nbquant.data.pixel_cache import cache_images
-    from nbquant.data.binding import resolve_preprocess
 
     folder = work / "data"
     dataset = ImageDataset(data_dir)
@@ -167,7 +167,8 @@ def table(rows: list[dict], latency: dict) -> list[str]:
         ratio = wall / base_wall[setting] if wall and base_wall.get(setting) else None
         lat = latency.get((r["tool"], setting), {})
         b1, b32 = lat.get(1), lat.get(32)
-        lines.append(f"| {label} | {setting} | {met} | {fmt(final)} | {fmt(drop and round(drop, 3) + 0.0, '+.3f')} | {dep_txt} | {layers} | "
+        drop_txt = fmt(drop and round(drop, 3) + 0.0, '+.3f')
+        lines.append(f"| {label} | {setting} | {met} | {fmt(final)} | {drop_txt} | {dep_txt} | {layers} | "
                      f"{evals} | {fmt(wall, '.0f')} | {fmt(ratio, '.2f')} | {fmt(b1, '.2f')} | {fmt(b32, '.2f')} |")
     return lines
 

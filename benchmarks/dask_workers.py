@@ -16,9 +16,10 @@ import time
 from pathlib import Path
 
 from common import machine, model_and_data, parser
-from nbquant.search.auto import AutoSettings, auto_calibrate
+
 from nbquant.data.images import ImageDataset
 from nbquant.evaluation.executors import open_pool
+from nbquant.search.auto import AutoSettings, auto_calibrate
 
 
 def _record(result) -> dict:

@@ -12,15 +12,15 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from common import latency_ms, machine, model_and_data, parser
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from common import latency_ms, machine, model_and_data, parser
-from nbquant.quantize.cpu_probe import probe_int8
-from nbquant.data.images import ImageDataset
 from nbquant.calibration.run import CalibrationSettings, calibrate
 from nbquant.data.binding import resolve_preprocess
+from nbquant.data.images import ImageDataset
 from nbquant.graph.load import load_model
+from nbquant.quantize.cpu_probe import probe_int8
 
 
 class Reader(CalibrationDataReader):

@@ -16,17 +16,17 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from common import machine, model_and_data, parser
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-from common import machine, model_and_data, parser
-from nbquant.data.images import ImageDataset
-from nbquant.evaluation.metrics import mean_kl
-from nbquant.evaluation.session import make_session
-from nbquant.evaluation.accuracy import predictions
-from nbquant.quantize.numerics import sqnr_db
 from nbquant.calibration.run import CalibrationSettings, calibrate
 from nbquant.data.binding import resolve_preprocess
+from nbquant.data.images import ImageDataset
+from nbquant.evaluation.accuracy import predictions
+from nbquant.evaluation.metrics import mean_kl
+from nbquant.evaluation.session import make_session
 from nbquant.graph.load import load_model
+from nbquant.quantize.numerics import sqnr_db
 
 
 class Images(CalibrationDataReader):

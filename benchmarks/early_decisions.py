@@ -14,9 +14,10 @@ import time
 from pathlib import Path
 
 from common import machine, model_and_data, parser
-from nbquant.search.auto import AutoSettings, auto_calibrate
-from nbquant.data.images import ImageDataset
+
 from nbquant.calibration.run import CalibrationSettings
+from nbquant.data.images import ImageDataset
+from nbquant.search.auto import AutoSettings, auto_calibrate
 
 
 def main() -> None:

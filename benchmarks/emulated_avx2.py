@@ -18,12 +18,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import machine, model_and_data, parser
-from nbquant.data.images import ImageDataset
-from nbquant.data.pixel_cache import cache_images
+
 from nbquant.calibration.run import CalibrationSettings, calibrate
 from nbquant.data.binding import resolve_preprocess
+from nbquant.data.images import ImageDataset
+from nbquant.data.pixel_cache import cache_images
 from nbquant.graph.load import load_model
 
 RUN = """

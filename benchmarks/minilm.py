@@ -22,17 +22,16 @@ import time
 from pathlib import Path
 
 import onnx
-from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
-                                      quantize_static)
+from common import integer_kernels, interleaved_latency, machine
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from common import integer_kernels, interleaved_latency, machine
-from nbquant.search.auto import AutoSettings, auto_calibrate
+from nbquant.calibration.run import CalibrationSettings, calibrate
+from nbquant.data.tensors import TensorDataset
 from nbquant.evaluation.evaluators import LogitEvaluator
 from nbquant.files import save_model
 from nbquant.graph.helpers import constants
-from nbquant.calibration.run import CalibrationSettings, calibrate
-from nbquant.data.tensors import TensorDataset
+from nbquant.search.auto import AutoSettings, auto_calibrate
 from nbquant.zoo import build_minilm, encode_sentences, sample_sentences
 
 SEQUENCE = 128

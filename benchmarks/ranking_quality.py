@@ -9,17 +9,17 @@ Prints the Spearman rank correlation of each ranking's scores with both.
 from __future__ import annotations
 
 import pandas as pd
-
 from common import machine, model_and_data, parser
-from nbquant.notebook.tables import rank_correlation as spearman
+
 from nbquant.calibration.calibrator import Calibrator
+from nbquant.calibration.run import CalibrationSettings, build_config, collect_statistics
+from nbquant.data.binding import resolve_preprocess
 from nbquant.data.images import ImageDataset
+from nbquant.data.pixel_cache import cache_images
 from nbquant.evaluation.evaluators import LogitEvaluator
 from nbquant.evaluation.metrics import mean_kl, top1
-from nbquant.data.pixel_cache import cache_images
-from nbquant.calibration.run import CalibrationSettings, build_config, collect_statistics
 from nbquant.graph.prepare import prepare_model
-from nbquant.data.binding import resolve_preprocess
+from nbquant.notebook.tables import rank_correlation as spearman
 from nbquant.quantize.fake_quant import make_fake_quant_model
 from nbquant.search.ranking import rank_layers
 

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from common import machine, model_and_data, parser
+
 from nbquant.data.images import ImageDataset
 
 CHILD = """

@@ -15,16 +15,17 @@ import tempfile
 from pathlib import Path
 
 import onnx
-
 from common import integer_kernels, machine, model_and_data, parser
-from nbquant.search.auto import AutoSettings, auto_calibrate
+
+from nbquant.calibration.run import CalibrationSettings, calibrate
 from nbquant.data.images import ImageDataset
 from nbquant.evaluation.accuracy import predictions
 from nbquant.evaluation.metrics import agreement
-from nbquant.calibration.run import CalibrationSettings, calibrate
+from nbquant.search.auto import AutoSettings, auto_calibrate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from structures import STRUCTURES  # noqa: E402
+from structures import STRUCTURES
+
 
 def main() -> None:
     args = parser(__doc__).parse_args()

@@ -35,7 +35,8 @@ def execute(name: str, work: Path, executed: Path) -> nbformat.NotebookNode:
     shutil.copyfile(REPO / "notebooks" / name, folder / name)
     notebook = nbformat.read(folder / name, as_version=4)
     start = time.perf_counter()
-    NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(folder)}}).execute()
+    resources = {"metadata": {"path": str(folder)}}
+    NotebookClient(notebook, timeout=600, kernel_name="python3", resources=resources).execute()
     print(f"{name}: executed in {time.perf_counter() - start:.0f} s")
     nbformat.write(notebook, executed / name)
     return notebook

@@ -6,9 +6,9 @@ import numpy as np
 import onnx
 import pytest
 from PIL import Image
+from synthetic import conv_bn_model, no_layer_model
 
 from nbquant.cli import main
-from synthetic import conv_bn_model, no_layer_model
 
 SMALL = ["--resize", "8", "--crop", "8", "--calib-num", "4", "--eval-num", "0"]
 

@@ -5,13 +5,13 @@ close to the float model. Real photos, resized to the models' 32x32 input from t
 import numpy as np
 import onnx
 import pytest
+from structures import STRUCTURES
 
-from nbquant.search.auto import AutoSettings, auto_calibrate
-from nbquant.evaluation.session import make_session
+from nbquant.calibration.run import CalibrationSettings, calibrate
 from nbquant.evaluation.accuracy import predictions
 from nbquant.evaluation.metrics import agreement
-from nbquant.calibration.run import CalibrationSettings, calibrate
-from structures import STRUCTURES
+from nbquant.evaluation.session import make_session
+from nbquant.search.auto import AutoSettings, auto_calibrate
 
 pytestmark = pytest.mark.real
 CALIB = CalibrationSettings(calib_num=16, batch_size=8)

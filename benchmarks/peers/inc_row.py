@@ -17,14 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-
 from peerlib import SETTINGS, Counter, Data, top1
 
 
 def versions() -> dict:
-    import onnxruntime
-
     import neural_compressor
+    import onnxruntime
     return {"neural-compressor": neural_compressor.__version__, "onnxruntime": onnxruntime.__version__,
             "onnx": onnx.__version__, "numpy": np.__version__}
 

@@ -20,9 +20,9 @@ def versions() -> dict:
 
 
 def run(data: Data, tool: str, setting: str, out_dir: Path) -> dict:
-    from nbquant.search.auto import AutoSettings, auto_calibrate
-    from nbquant.data.images import ImageDataset
     from nbquant.calibration.run import CalibrationSettings
+    from nbquant.data.images import ImageDataset
+    from nbquant.search.auto import AutoSettings, auto_calibrate
 
     per_channel, max_drop = SETTINGS[setting]
     n_eval, n_calib = len(data.labels), len(data.calib)

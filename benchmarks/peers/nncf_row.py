@@ -16,22 +16,19 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-
 from peerlib import SETTINGS, Counter, Data, correct_per_image
 
 
 def versions() -> dict:
-    import onnxruntime
-
     import nncf
+    import onnxruntime
     return {"nncf": nncf.__version__, "onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__,
             "numpy": np.__version__}
 
 
 def run(data: Data, tool: str, setting: str, out_dir: Path) -> dict:
     import nncf
-    from nncf.quantization.advanced_parameters import (AdvancedQuantizationParameters,
-                                                       QuantizationParameters)
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
 
     logging.getLogger("nncf").setLevel(logging.INFO)
     per_channel, max_drop = SETTINGS[setting]

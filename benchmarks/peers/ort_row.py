@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-
 from peerlib import SETTINGS, Counter, Data, top1
 
 DEBUG_IMAGES = 16
@@ -66,10 +65,14 @@ def rank_nodes(prepped: Path, qdq: Path, data: Data, work: Path) -> list[tuple[s
     pre-quantization tensor is therefore clipped to the quantizer's range first; the SQNR is
     qdq_loss_debug's own ``compute_signal_to_quantization_noice_ratio``.
     """
-    from onnxruntime.quantization.qdq_loss_debug import (collect_activations, compute_signal_to_quantization_noice_ratio,
-                                                         compute_weight_error, create_activation_matching,
-                                                         create_weight_matching,
-                                                         modify_model_output_intermediate_tensors)
+    from onnxruntime.quantization.qdq_loss_debug import (
+        collect_activations,
+        compute_signal_to_quantization_noice_ratio,
+        compute_weight_error,
+        create_activation_matching,
+        create_weight_matching,
+        modify_model_output_intermediate_tensors,
+    )
 
     images = data.calib[:DEBUG_IMAGES]
     acts = {}

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from peerlib import SETTINGS, Data, error_row, write_json  # noqa: E402
+from peerlib import SETTINGS, Data, error_row, write_json
 
 MODULES = {"nbquant": "nbquant_row", "nbquant-binary": "nbquant_row", "nncf": "nncf_row", "inc": "inc_row",
            "ort": "ort_row"}
@@ -44,7 +44,7 @@ def main() -> None:
         row["versions"] = module.versions()
         row.update(module.run(Data(args.work), args.tool, args.setting, out_dir))
         row.setdefault("ok", True)
-    except BaseException as exc:  # noqa: BLE001 - any failure becomes the row's text
+    except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt):
             raise
         row.update(error_row(exc))
@@ -59,7 +59,7 @@ def main() -> None:
 def _safe_versions(tool: str) -> dict:
     try:
         return importlib.import_module(MODULES[tool]).versions()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return {"import": f"{type(exc).__name__}: {exc}"[:200]}
 
 

@@ -66,11 +66,10 @@ def observe(session, names: list[str], batches, bins: int = DEFAULT_BINS, mean_n
     observers = [(name, HistogramObserver(bins)) for name in names]
     observers += [(name, ChannelMeanObserver()) for name in mean_names]
     observers += list(extra)
-    index = {name: i for i, name in enumerate(names)}
     with ThreadPoolExecutor(max_workers=2) as pool:
         for batch in batches:
-            outputs = session.run(names, feed(session, batch))
-            list(pool.map(lambda pair: pair[1].partial_fit(outputs[index[pair[0]]]), observers))
+            outputs = dict(zip(names, session.run(names, feed(session, batch))))
+            list(pool.map(lambda pair, out=outputs: pair[1].partial_fit(out[pair[0]]), observers))
     histograms = {n: o for n, o in observers if isinstance(o, HistogramObserver)}
     means = {n: o for n, o in observers if isinstance(o, ChannelMeanObserver)}
     return histograms, means
@@ -95,7 +94,7 @@ class Calibrator:
 
     def fit(self, model: onnx.ModelProto, observers: dict[str, HistogramObserver],
             means: dict[str, ChannelMeanObserver] | None = None,
-            covariances: dict[str, CovarianceObserver] | None = None) -> "Calibrator":
+            covariances: dict[str, CovarianceObserver] | None = None) -> Calibrator:
         values = constants(model)
         self.means_ = means or {}
         self.covariances_ = covariances or {}
@@ -113,7 +112,7 @@ class Calibrator:
         self._values = values
         return self._select()
 
-    def _select(self) -> "Calibrator":
+    def _select(self) -> Calibrator:
         """``quant_`` and ``table_`` for the config's enabled layers."""
         self.quant_ = {name: lq for name, lq in self.layer_quant_.items() if self.config.layers[name].enabled}
         self.table_ = pd.DataFrame([
@@ -121,7 +120,7 @@ class Calibrator:
             for name, lq in self.layer_quant_.items()])
         return self
 
-    def with_config(self, config: QuantConfig) -> "Calibrator":
+    def with_config(self, config: QuantConfig) -> Calibrator:
         """A fitted copy for ``config``, which may differ from this one only in which layers are
         enabled: nothing is recomputed (the scales and integer weights do not depend on it)."""
         for name, layer in config.layers.items():

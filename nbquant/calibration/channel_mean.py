@@ -13,7 +13,7 @@ class ChannelMeanObserver:
     def __repr__(self) -> str:
         return f"ChannelMeanObserver(channels={self.sum_.size if hasattr(self, 'sum_') else None})"
 
-    def partial_fit(self, x: np.ndarray) -> "ChannelMeanObserver":
+    def partial_fit(self, x: np.ndarray) -> ChannelMeanObserver:
         x = np.asarray(x, dtype=np.float64 if x.dtype == np.float64 else np.float32)
         axes = tuple(i for i in range(x.ndim) if i != 1)
         total = x.sum(axis=axes, dtype=np.float64)

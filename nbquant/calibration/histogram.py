@@ -25,7 +25,7 @@ class HistogramObserver:
         extra = f", range=[{self.min_:.4g}, {self.max_:.4g}], n={self.count_}" if fitted else ""
         return f"HistogramObserver(bins={self.bins}{extra})"
 
-    def partial_fit(self, x: np.ndarray) -> "HistogramObserver":
+    def partial_fit(self, x: np.ndarray) -> HistogramObserver:
         """Add the values of one batch (non-finite values are ignored)."""
         x = np.asarray(x, dtype=np.float32).ravel()
         lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
@@ -46,7 +46,7 @@ class HistogramObserver:
         self.counts_ += _bin_counts(x, self.edges_[0], self.edges_[-1], self.bins)
         return self
 
-    def fit(self, batches) -> "HistogramObserver":
+    def fit(self, batches) -> HistogramObserver:
         """Histogram of every batch in ``batches`` (an iterable of arrays)."""
         for key in ("counts_", "edges_", "min_", "max_", "count_", "zeros_"):
             self.__dict__.pop(key, None)

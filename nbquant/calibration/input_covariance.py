@@ -85,7 +85,7 @@ class CovarianceObserver:
     def __repr__(self) -> str:
         return f"CovarianceObserver(geometry={self.geometry}, max_rows={self.max_rows})"
 
-    def partial_fit(self, x: np.ndarray) -> "CovarianceObserver":
+    def partial_fit(self, x: np.ndarray) -> CovarianceObserver:
         total = output_positions(x, self.geometry)
         picked = (np.sort(self._rng.choice(total, self.max_rows, replace=False)) if total > self.max_rows
                   else None)

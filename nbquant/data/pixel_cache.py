@@ -33,7 +33,7 @@ class CachedImages:
     pixels: np.ndarray | None = field(default=None, repr=False)  # in memory when there is no path
 
     def __post_init__(self):
-        self._file = open(self.path, "rb") if self.path is not None else None  # kept open: see the module
+        self._file = open(self.path, "rb") if self.path is not None else None  # noqa: SIM115 (kept open: see the module)
 
     def __del__(self):
         if getattr(self, "_file", None) is not None:
@@ -75,7 +75,7 @@ class CachedImages:
         """Every model input at once (float32, 4x the cache's size in memory; prefer ``batches``)."""
         return normalize(self.read(0, len(self)), self.pre)
 
-    def subset(self, indices) -> "CachedImages":
+    def subset(self, indices) -> CachedImages:
         """The images at ``indices`` (in that order), in memory."""
         indices = np.asarray(indices, dtype=np.int64)
         return CachedImages(self.pre, self.labels[indices], [self.files[i] for i in indices],
@@ -90,7 +90,7 @@ def cache_images(dataset: ImageDataset, pre: Preprocess, path: Path | None = Non
     labels, files, chunks = [], [], []
     total = -(-len(dataset) // batch_size)
     batches = tqdm(dataset.iter_batches(pre, batch_size, pixels=True), total=total, desc=desc, disable=not progress)
-    handle = open(path, "wb") if path is not None else None
+    handle = open(path, "wb") if path is not None else None  # noqa: SIM115 (closed in finally)
     try:
         for batch in batches:
             if handle is not None:

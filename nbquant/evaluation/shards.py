@@ -44,7 +44,7 @@ class ImageFiles:
     root: str = "/"
 
     @classmethod
-    def of(cls, dataset: ImageDataset, pre: Preprocess) -> "ImageFiles":
+    def of(cls, dataset: ImageDataset, pre: Preprocess) -> ImageFiles:
         return cls(pre, dataset.labels, [str(p) for p in dataset.files], str(dataset.root))
 
     def __len__(self) -> int:
@@ -55,7 +55,7 @@ class ImageFiles:
         """Relative to the folder, as in :class:`~nbquant.image_cache.CachedImages`."""
         return [Path(p).relative_to(self.root).as_posix() for p in self.paths]
 
-    def keep(self, mask: np.ndarray) -> "ImageFiles":
+    def keep(self, mask: np.ndarray) -> ImageFiles:
         """The images where ``mask`` is true (those the workers could decode)."""
         return ImageFiles(self.pre, self.labels[mask], [p for p, k in zip(self.paths, mask) if k], self.root)
 

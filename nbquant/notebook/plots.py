@@ -4,6 +4,7 @@ shown inline in notebooks and saved with ``fig.savefig("x.png")`` anywhere else.
 from __future__ import annotations
 
 import io
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -11,12 +12,15 @@ import pandas as pd
 from ..errors import ConfigError
 from .tables import clip_ranges, layer_kinds, rank_correlation
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 KIND_COLORS = {"conv": "#7f7f7f", "depthwise": "#1f77b4", "pointwise": "#ff7f0e", "grouped": "#17becf",
                "gemm": "#2ca02c", "matmul": "#9467bd", "conv_transpose": "#8c564b"}
 METHOD_COLORS = {"minmax": "#d62728", "percentile": "#9467bd", "mse": "#2ca02c", "kl": "#ff7f0e"}
 
 
-def new_figure(**kwargs) -> "Figure":
+def new_figure(**kwargs) -> Figure:
     """A matplotlib Figure outside pyplot (nothing kept globally); needs the notebooks extra."""
     try:
         from matplotlib.figure import Figure
@@ -25,7 +29,7 @@ def new_figure(**kwargs) -> "Figure":
     return Figure(layout="constrained", **kwargs)
 
 
-def figure_png(fig: "Figure", dpi: int = 100) -> bytes:
+def figure_png(fig: Figure, dpi: int = 100) -> bytes:
     """The figure as PNG bytes (for image widgets and files)."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
@@ -59,7 +63,7 @@ def _kind_legend(ax, kinds) -> None:
               loc="best", fontsize=8)
 
 
-def plot_clip_methods(calibration, layers, methods=None, symmetric: bool = False) -> "Figure":
+def plot_clip_methods(calibration, layers, methods=None, symmetric: bool = False) -> Figure:
     """Per layer, the input activation's histogram with each clip method's range marked
     (the method the calibration chose drawn solid)."""
     layers = list(layers)
@@ -72,8 +76,8 @@ def plot_clip_methods(calibration, layers, methods=None, symmetric: bool = False
         ax.stairs(counts, edges, fill=True, color="#bbbbbb")
         ax.set_yscale("log")
         for row in table[table["layer"] == name].itertuples():
-            style = dict(color=METHOD_COLORS.get(row.method, "k"), lw=2 if row.chosen else 1,
-                         ls="-" if row.chosen else "--")
+            style = {"color": METHOD_COLORS.get(row.method, "k"), "lw": 2 if row.chosen else 1,
+                     "ls": "-" if row.chosen else "--"}
             ax.axvline(row.clip_min, **style)
             ax.axvline(row.clip_max, label=f"{row.method} {row.sqnr_db:.1f} dB", **style)
         ax.set_title(name, fontsize=9)
@@ -85,7 +89,7 @@ def plot_clip_methods(calibration, layers, methods=None, symmetric: bool = False
     return fig
 
 
-def plot_weight_scales(calibration, layer_table: pd.DataFrame | None = None) -> "Figure":
+def plot_weight_scales(calibration, layer_table: pd.DataFrame | None = None) -> Figure:
     """Every output channel's weight scale per layer (graph order, log scale), colored by layer kind."""
     quant = calibration.calibrator.quant_
     table = layer_table if layer_table is not None else calibration.prepared.table
@@ -125,7 +129,7 @@ def _with_kinds(ranking: pd.DataFrame, layer_table: pd.DataFrame | None) -> pd.D
     return frame
 
 
-def plot_sensitivity(ranking: pd.DataFrame, layer_table: pd.DataFrame | None = None, top: int = 5) -> "Figure":
+def plot_sensitivity(ranking: pd.DataFrame, layer_table: pd.DataFrame | None = None, top: int = 5) -> Figure:
     """Bar chart of sensitivity by layer in graph order, colored by kind; the ``top`` most sensitive named."""
     _require(ranking, ["layer", "score", "rank"], "plot_sensitivity")
     frame = _with_kinds(ranking, layer_table)
@@ -148,7 +152,7 @@ def plot_sensitivity(ranking: pd.DataFrame, layer_table: pd.DataFrame | None = N
     return fig
 
 
-def plot_ranking_comparison(comparison: pd.DataFrame, a: str, b: str, layer_table=None) -> "Figure":
+def plot_ranking_comparison(comparison: pd.DataFrame, a: str, b: str, layer_table=None) -> Figure:
     """Rank under metric ``a`` against rank under ``b`` (from ``compare_rankings``), with Spearman rho."""
     _require(comparison, [f"rank_{a}", f"rank_{b}"], "plot_ranking_comparison")
     frame = _with_kinds(comparison, layer_table) if layer_table is not None or "op" in comparison else comparison
@@ -177,7 +181,7 @@ def target_metric(original: float, max_drop: float, relative: bool = False) -> f
 
 
 def plot_search_history(history: pd.DataFrame, original_metric: float, max_drop: float, relative: bool = False,
-                        chosen=None, ax=None) -> "Figure":
+                        chosen=None, ax=None) -> Figure:
     """Metric versus number of int8 layers for every evaluated configuration, the target line,
     the float model's line and the ``chosen`` float-layer set highlighted."""
     _require(history, ["n_int8", "metric"], "plot_search_history")

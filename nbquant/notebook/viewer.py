@@ -47,7 +47,7 @@ class ModelServer:
         state = self.url if self.running else "stopped"
         return f"ModelServer({self.name!r}, {state})"
 
-    def start(self) -> "ModelServer":
+    def start(self) -> ModelServer:
         """Copy the model to a temp folder and serve it on 127.0.0.1, on a free port."""
         self._dir = Path(tempfile.mkdtemp(prefix="nbquant-netron-"))
         path = self.path = self._dir / (re.sub(r"[^\w.-]+", "_", self.name).removesuffix(".onnx") + ".onnx")

@@ -16,7 +16,7 @@ does not predict it (0.08): the other 49 layers' noise drowns one layer's share.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import onnx

@@ -8,8 +8,8 @@ without running the model (the widget's instant answers).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import pandas as pd
 
@@ -80,7 +80,7 @@ class FallbackExplorer:
         return (f"FallbackExplorer(layers={len(self.ranked)}, original={self.original_metric:.4f}, "
                 f"cached={len(self.cache_)}, evaluations={self.evaluations_})")
 
-    def seed(self, history: pd.DataFrame) -> "FallbackExplorer":
+    def seed(self, history: pd.DataFrame) -> FallbackExplorer:
         """Add the metrics of an auto-calibration history (same evaluator!) to the cache."""
         for row in history.itertuples(index=False):
             if row.kind != "original" and pd.notna(row.metric):

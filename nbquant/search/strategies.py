@@ -6,7 +6,7 @@ Each strategy gets the layers ranked most sensitive first and ``check(float_laye
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 Check = Callable[[frozenset], bool]
 

@@ -178,8 +178,8 @@ class _GraphBuilder:
         gamma, beta, mean, var = (self.weight(f"{bn}.{k}", (shape[0],)) for k in
                                   ("weight", "bias", "running_mean", "running_var"))
         begin, end = same_pads(size, shape[2], stride)
-        attrs = dict(kernel_shape=list(shape[2:]), strides=[stride, stride],
-                     pads=[begin, begin, end, end], group=group, dilations=[1, 1])
+        attrs = {"kernel_shape": list(shape[2:]), "strides": [stride, stride],
+                 "pads": [begin, begin, end, end], "group": group, "dilations": [1, 1]}
         name = f"/{torch_scope(conv)}/Conv"
         if self.fold_bn:
             w, b = fold_bn_params(w, None, gamma, beta, mean, var, BN_EPSILON)

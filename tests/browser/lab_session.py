@@ -53,7 +53,7 @@ def jupyterlab(root: Path, env: dict, log_path: Path, timeout: float = 90.0):
         {"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": True}}))
     env = {**env, "JUPYTER_CONFIG_DIR": str(config), "JUPYTER_RUNTIME_DIR": str(root / ".jupyter-runtime")}
     port, token = free_port(), secrets.token_hex(16)
-    log = open(log_path, "w")
+    log = open(log_path, "w")  # noqa: SIM115 (the server's stdout for its lifetime)
     proc = subprocess.Popen(_lab_command(root, port, token), env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL)
     try:

@@ -10,7 +10,7 @@ pytest.importorskip("playwright.sync_api")
 pytest.importorskip("jupyterlab")
 pytest.importorskip("ipywidgets")
 
-from . import lab_session  # noqa: E402
+from . import lab_session
 
 pytestmark = [pytest.mark.browser, pytest.mark.real]
 REPO = Path(__file__).resolve().parents[2]

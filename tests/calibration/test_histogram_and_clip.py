@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from nbquant.calibration import clip_methods
-from nbquant.errors import NotFittedError
 from nbquant.calibration.histogram import HistogramObserver
+from nbquant.errors import NotFittedError
 from nbquant.quantize.numerics import INT8
 
 
@@ -29,7 +29,7 @@ def test_histogram_ignores_nan_and_inf():
 
 def test_unfitted_histogram_raises():
     with pytest.raises(NotFittedError, match="partial_fit"):
-        HistogramObserver().histogram
+        _ = HistogramObserver().histogram
 
 
 @pytest.fixture

@@ -4,17 +4,24 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from synthetic import conv_bn_model
 
 from nbquant.calibration.calibrator import Calibrator, observe, observed_tensors, with_outputs
-from nbquant.calibration.config import ActivationQuant, ActMethod, QuantConfig, WeightRounding, config_from_dict, config_to_dict
+from nbquant.calibration.config import (
+    ActivationQuant,
+    ActMethod,
+    QuantConfig,
+    WeightRounding,
+    config_from_dict,
+    config_to_dict,
+)
+from nbquant.calibration.input_covariance import ConvGeometry, CovarianceObserver, conv_rows
+from nbquant.calibration.weight_rounding import choose_rounding, output_error, round_gptq, round_nearest
 from nbquant.errors import ConfigError, NotFittedError
 from nbquant.evaluation.session import make_session
 from nbquant.graph.fusion import fold_batchnorm
 from nbquant.graph.layers import find_layers
 from nbquant.graph.load import name_nodes
-from nbquant.calibration.input_covariance import ConvGeometry, CovarianceObserver, conv_rows
-from nbquant.calibration.weight_rounding import choose_rounding, output_error, round_gptq, round_nearest
-from synthetic import conv_bn_model
 
 
 def test_conv_rows_reproduce_onnxruntime_conv():
@@ -86,8 +93,8 @@ def test_calibrator_rounds_dense_convs_with_gptq_and_depthwise_to_nearest():
     inputs = [rng.normal(0, 1, (4, 3, 8, 8)).astype(np.float32) for _ in range(4)]
     covs = {"Conv_0": CovarianceObserver(ConvGeometry((3, 3), pads=(1, 1, 1, 1)))}
     observers, means = observe(make_session(with_outputs(model, names)), names, inputs,
-                               mean_names=[l.input for l in layers], extra=[("x", covs["Conv_0"])])
-    config = QuantConfig.default({l.name: l.op for l in layers}, ActivationQuant(ActMethod.MINMAX),
+                               mean_names=[layer.input for layer in layers], extra=[("x", covs["Conv_0"])])
+    config = QuantConfig.default({layer.name: layer.op for layer in layers}, ActivationQuant(ActMethod.MINMAX),
                                  weight_max={"Conv_0": 64}, rounding=WeightRounding.GPTQ)
     cal = Calibrator(config).fit(model, observers, means, covs)
     rounding = cal.table_.set_index("layer")["weight_rounding"]

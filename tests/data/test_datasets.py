@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from nbquant.data.images import Batch, DatasetLayout, ImageDataset, load_class_names
-from nbquant.errors import DataError
 from nbquant.data.preprocess import Preprocess
+from nbquant.errors import DataError
 
 PRE = Preprocess(resize=8, crop=8, mean=(0, 0, 0), std=(1, 1, 1), scale=1.0)
 
@@ -142,7 +142,7 @@ def test_corrupt_image_is_skipped_with_warning(imagenet_dir, caplog):
     truncated.write_bytes((imagenet_dir / "n01443537_goldfish.JPEG").read_bytes()[:200])
     data = ImageDataset(imagenet_dir)
     assert len(data) == 5
-    with caplog.at_level(logging.WARNING, logger="nbquant.datasets"):
+    with caplog.at_level(logging.WARNING, logger="nbquant.data.images"):
         batches = list(data.iter_batches(PRE, batch_size=4))
     assert [len(b.files) for b in batches] == [2, 1]
     assert batches[0].labels.tolist() == [0, 1]
@@ -154,15 +154,15 @@ def test_all_images_undecodable(tmp_path, caplog):
     for name in ("a.jpg", "b.png"):
         (tmp_path / name).write_bytes(b"garbage")
     data = ImageDataset(tmp_path)
-    with caplog.at_level(logging.WARNING, logger="nbquant.datasets"):
-        with pytest.raises(DataError, match=f"none of the 2 images in {tmp_path} could be decoded"):
+    with (caplog.at_level(logging.WARNING, logger="nbquant.data.images"),
+          pytest.raises(DataError, match=f"none of the 2 images in {tmp_path} could be decoded")):
             list(data.iter_batches(PRE))
 
 
 def test_partial_wordnet_class_folders_warn_about_label_order(tmp_path, caplog):
     write_image(tmp_path / "n01443537" / "a.png")
     write_image(tmp_path / "n15075141" / "b.png")
-    with caplog.at_level(logging.WARNING, logger="nbquant.datasets"):
+    with caplog.at_level(logging.WARNING, logger="nbquant.data.images"):
         data = ImageDataset(tmp_path)
     assert data.labels.tolist() == [0, 1]
     assert "WordNet ids but only 2 of 1000" in caplog.text

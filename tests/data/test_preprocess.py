@@ -6,8 +6,22 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from nbquant.data.preprocess import (
+    DEFAULT_PRESET,
+    PRESETS,
+    ChannelOrder,
+    Interpolation,
+    Layout,
+    Preprocess,
+    Rounding,
+    center_crop,
+    check_input_shape,
+    get_preset,
+    preprocess_image,
+    resize_short_side,
+    resized_long_side,
+)
 from nbquant.errors import ConfigError
-from nbquant.data.preprocess import DEFAULT_PRESET, PRESETS, ChannelOrder, Interpolation, Layout, Preprocess, Rounding, center_crop, check_input_shape, get_preset, preprocess_image, resize_short_side, resized_long_side
 
 
 def test_defaults_equal_the_default_preset():

@@ -9,17 +9,17 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import onnx
 import pytest
+from structures import text_encoder, text_samples
 
-from nbquant.search.auto import AutoSettings, auto_calibrate
+from nbquant.calibration.run import CalibrationSettings, build_config, calibrate
 from nbquant.cli import main
+from nbquant.data.tensors import TensorDataset, open_data
 from nbquant.errors import ConfigError, DataError
-from nbquant.evaluation.session import fused_ops, make_session
 from nbquant.evaluation.evaluators import LogitEvaluator
 from nbquant.evaluation.metrics import cosine_similarity
-from nbquant.calibration.run import CalibrationSettings, build_config, calibrate
+from nbquant.evaluation.session import fused_ops, make_session
+from nbquant.search.auto import AutoSettings, auto_calibrate
 from nbquant.search.ranking import cosine_scores, shadow_model
-from nbquant.data.tensors import TensorDataset, open_data
-from structures import text_encoder, text_samples
 
 CALIB = CalibrationSettings(calib_num=32, batch_size=8)
 STATIC = CalibrationSettings(calib_num=32, batch_size=8, dynamic=False)  # calibrated MatMul inputs: the search runs

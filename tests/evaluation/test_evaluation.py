@@ -13,10 +13,10 @@ from onnx.reference import ReferenceEvaluator
 from PIL import Image
 
 from nbquant.data.images import ImageDataset
+from nbquant.data.preprocess import Preprocess
 from nbquant.errors import ConfigError, ModelError
 from nbquant.evaluation.accuracy import EvalResult, evaluate, predictions, topk_correct
 from nbquant.evaluation.session import make_session
-from nbquant.data.preprocess import Preprocess
 
 PRE = Preprocess(resize=8, crop=8, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 

@@ -11,14 +11,14 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from nbquant.search.auto import AutoSettings, auto_calibrate
+from nbquant.calibration.run import CalibrationSettings
+from nbquant.data.binding import resolve_preprocess
 from nbquant.data.images import ImageDataset
 from nbquant.errors import ConfigError
 from nbquant.evaluation.evaluators import LogitEvaluator
 from nbquant.evaluation.executors import EvaluationPool, open_pool
-from nbquant.calibration.run import CalibrationSettings
 from nbquant.graph.prepare import prepare_model
-from nbquant.data.binding import resolve_preprocess
+from nbquant.search.auto import AutoSettings, auto_calibrate
 
 pytestmark = pytest.mark.real
 FAST_CALIB = CalibrationSettings(calib_num=16)
@@ -54,10 +54,10 @@ def test_thread_pool_gives_the_in_process_outputs_and_decisions(real_model_path,
 
 def test_ranking_on_a_thread_pool_gives_the_in_process_scores(real_model_path, real_data):
     from nbquant.calibration.calibrator import Calibrator
-    from nbquant.data.pixel_cache import cache_images
     from nbquant.calibration.run import build_config, collect_statistics
-    from nbquant.search.ranking import rank_layers
+    from nbquant.data.pixel_cache import cache_images
     from nbquant.evaluation.shards import ImageFiles
+    from nbquant.search.ranking import rank_layers
 
     prepared = prepare_model(real_model_path)
     pre = resolve_preprocess(prepared.model, None)

@@ -1,13 +1,13 @@
 import numpy as np
 import onnx
 import pytest
+from synthetic import conv_bn_model, gemm_matmul_model
 
 from nbquant.errors import ModelError
 from nbquant.evaluation.session import make_session
 from nbquant.graph.fusion import fold_batchnorm
 from nbquant.graph.layers import find_layers, float_op_table, layer_table
 from nbquant.graph.load import load_model, name_nodes
-from synthetic import conv_bn_model, gemm_matmul_model
 
 
 def test_unnamed_nodes_get_stable_names():

@@ -6,10 +6,11 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.figure import Figure
 
-from nbquant.notebook import tables as analysis, plots  # noqa: E402
-from nbquant.errors import ConfigError  # noqa: E402
+from nbquant.errors import ConfigError
+from nbquant.notebook import plots
+from nbquant.notebook import tables as analysis
 
 LAYERS = ["stem", "dw1", "pw1", "fc"]
 TABLE = pd.DataFrame({"layer": LAYERS, "op": ["Conv", "Conv", "Conv", "Gemm"],

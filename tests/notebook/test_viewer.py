@@ -7,10 +7,10 @@ import pytest
 
 pytest.importorskip("netron")
 
-from nbquant.errors import ModelError  # noqa: E402
-from nbquant.notebook.viewer import serve_model, show_side_by_side  # noqa: E402
+from synthetic import conv_bn_model, gemm_matmul_model
 
-from synthetic import conv_bn_model, gemm_matmul_model  # noqa: E402
+from nbquant.errors import ModelError
+from nbquant.notebook.viewer import serve_model, show_side_by_side
 
 
 def fetch(url: str) -> bytes:

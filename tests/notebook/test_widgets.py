@@ -6,13 +6,13 @@ import pytest
 pytest.importorskip("ipywidgets")
 pytest.importorskip("matplotlib")
 
-from nbquant.errors import ConfigError, ModelError  # noqa: E402
-from nbquant.evaluation.session import make_session  # noqa: E402
-from nbquant.graph.prepare import prepare_model  # noqa: E402
-from nbquant.search.retarget import FallbackExplorer, model_evaluator  # noqa: E402
-from nbquant.notebook.widgets import FallbackWidget  # noqa: E402
+from synthetic import gemm_matmul_model
 
-from synthetic import gemm_matmul_model  # noqa: E402
+from nbquant.errors import ConfigError, ModelError
+from nbquant.evaluation.session import make_session
+from nbquant.graph.prepare import prepare_model
+from nbquant.notebook.widgets import FallbackWidget
+from nbquant.search.retarget import FallbackExplorer, model_evaluator
 
 RANKED = [f"L{i}" for i in range(10)]
 HARMFUL = {"L0", "L3"}
@@ -52,7 +52,7 @@ def test_every_strategy_reuses_the_cache_and_reports_unreachable_targets():
         first = explorer.search(0.005, strategy=strategy)
         calls = metric.calls
         assert explorer.search(0.005, strategy=strategy).new_evaluations == 0 and metric.calls == calls
-        assert first.ok and HARMFUL <= set(first.float_layers), strategy
+        assert first.ok and set(first.float_layers) >= HARMFUL, strategy
     impossible = explorer.search(0.0)
     assert not impossible.ok and impossible.metric is None and impossible.summary()["n_float"].isna().all()
 
@@ -129,13 +129,14 @@ def test_widget_shows_unmet_targets_and_errors_in_its_status():
     assert widget.run() is None and "cannot load the model" in widget.status.value
     assert not widget.run_button.disabled
     with pytest.raises(AttributeError, match="no search has run yet"):
-        widget.answer_
+        _ = widget.answer_
 
 
 def test_model_evaluator_builds_fake_quant_models_without_the_float_layers():
+    import numpy as np
+
     from nbquant.calibration.calibrator import Calibrator, observe, observed_tensors, with_outputs
     from nbquant.calibration.config import QuantConfig
-    import numpy as np
 
     prepared = prepare_model(gemm_matmul_model())
     names = observed_tensors(prepared.model, prepared.layers)

@@ -6,23 +6,23 @@ import logging
 import numpy as np
 import onnx
 import pytest
+from synthetic import conv_bn_model
 
-from nbquant.quantize import cpu_probe
-from nbquant.evaluation import session as evaluation
 from nbquant.calibration.calibrator import Calibrator, observe, observed_tensors, with_outputs
 from nbquant.calibration.config import ActivationQuant, ActMethod, QuantConfig, config_to_dict
-from nbquant.quantize.cpu_probe import PROBES, Int8Report, KernelCheck, pair_safe_weight_max, probe_int8
-from nbquant.quantize.deploy import make_deploy_model
-from nbquant.quantize.metadata import FULL_RANGE_KEY, TARGET_KEY, WEIGHT_MAX_KEY
-from nbquant.quantize.deploy_target import DeployTarget, resolve_target, weight_max
 from nbquant.errors import ConfigError
+from nbquant.evaluation import session as evaluation
 from nbquant.evaluation.session import make_session
 from nbquant.graph.fusion import fold_batchnorm
 from nbquant.graph.layers import find_layers, kernel_kind
 from nbquant.graph.load import name_nodes
+from nbquant.quantize import cpu_probe
+from nbquant.quantize.cpu_probe import PROBES, Int8Report, KernelCheck, pair_safe_weight_max, probe_int8
+from nbquant.quantize.deploy import make_deploy_model
+from nbquant.quantize.deploy_target import DeployTarget, resolve_target, weight_max
 from nbquant.quantize.fake_quant import make_fake_quant_model
+from nbquant.quantize.metadata import FULL_RANGE_KEY, TARGET_KEY, WEIGHT_MAX_KEY
 from nbquant.quantize.record_files import format_scale_offset_record, parse_scale_offset_record
-from synthetic import conv_bn_model
 
 
 def u8s8_pair_sums(a: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -95,10 +95,10 @@ def calibrated_conv(target: DeployTarget):
     rng = np.random.default_rng(0)
     inputs = [rng.normal(0, 1, (2, 3, 8, 8)).astype(np.float32) for _ in range(3)]
     observers, means = observe(make_session(with_outputs(model, names)), names, inputs,
-                               mean_names=[l.input for l in layers])
-    ranges = {l.name: weight_max(l.kind, target, fake_report()) for l in layers}
-    config = QuantConfig.default({l.name: l.op for l in layers}, ActivationQuant(ActMethod.MINMAX), True, True,
-                                 ranges, target)
+                               mean_names=[layer.input for layer in layers])
+    ranges = {layer.name: weight_max(layer.kind, target, fake_report()) for layer in layers}
+    ops = {layer.name: layer.op for layer in layers}
+    config = QuantConfig.default(ops, ActivationQuant(ActMethod.MINMAX), True, True, ranges, target)
     return model, Calibrator(config).fit(model, observers, means), inputs[0]
 
 

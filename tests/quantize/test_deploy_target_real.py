@@ -11,11 +11,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from nbquant.quantize.metadata import TARGET_KEY, WEIGHT_MAX_KEY
-from nbquant.evaluation.accuracy import evaluate
-from nbquant.files import read_json
 from nbquant.calibration.run import CalibrationSettings, calibrate
 from nbquant.data.preprocess import get_preset
+from nbquant.evaluation.accuracy import evaluate
+from nbquant.files import read_json
+from nbquant.quantize.metadata import TARGET_KEY, WEIGHT_MAX_KEY
 
 pytestmark = pytest.mark.real
 

@@ -1,7 +1,17 @@
 import numpy as np
 import pytest
 
-from nbquant.quantize.numerics import INT8, UINT8, dequantize, fake_quantize, qparams_from_range, quantize, quantize_bias, sqnr_db, weight_qparams
+from nbquant.quantize.numerics import (
+    INT8,
+    UINT8,
+    dequantize,
+    fake_quantize,
+    qparams_from_range,
+    quantize,
+    quantize_bias,
+    sqnr_db,
+    weight_qparams,
+)
 
 
 def test_asymmetric_uint8_hand_computed():

@@ -5,17 +5,17 @@ import onnx
 import pytest
 from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
+from synthetic import conv_bn_model, gemm_matmul_model
 
 from nbquant.calibration.calibrator import Calibrator, observe, observed_tensors, with_outputs
 from nbquant.calibration.config import ActivationQuant, ActMethod, QuantConfig
-from nbquant.quantize.deploy import make_deploy_model
 from nbquant.evaluation.session import make_session
 from nbquant.graph.fusion import fold_batchnorm
 from nbquant.graph.layers import find_layers
 from nbquant.graph.load import name_nodes
-from nbquant.quantize.numerics import fake_quantize
+from nbquant.quantize.deploy import make_deploy_model
 from nbquant.quantize.fake_quant import make_fake_quant_model
-from synthetic import conv_bn_model, gemm_matmul_model
+from nbquant.quantize.numerics import fake_quantize
 
 
 def calibrated(model, inputs, method=ActMethod.MINMAX, per_channel=True, disabled=(), bias_correction=False):
@@ -23,7 +23,7 @@ def calibrated(model, inputs, method=ActMethod.MINMAX, per_channel=True, disable
     names = observed_tensors(model, layers)
     means = [layer.input for layer in layers]
     observers, channel_means = observe(make_session(with_outputs(model, names)), names, inputs, mean_names=means)
-    config = QuantConfig.default({l.name: l.op for l in layers}, ActivationQuant(method), per_channel,
+    config = QuantConfig.default({layer.name: layer.op for layer in layers}, ActivationQuant(method), per_channel,
                                  bias_correction=bias_correction)
     return Calibrator(config.with_float(disabled)).fit(model, observers, channel_means)
 

@@ -11,11 +11,11 @@ from dataclasses import replace
 import onnx
 import pytest
 
-from nbquant.search.auto import AutoSettings, EvaluatorError, auto_calibrate
+from nbquant.calibration.run import CalibrationSettings
 from nbquant.cli import EXIT_NOT_MET
 from nbquant.errors import ConfigError
 from nbquant.quantize.metadata import SIMULATE_KEY
-from nbquant.calibration.run import CalibrationSettings
+from nbquant.search.auto import AutoSettings, EvaluatorError, auto_calibrate
 from nbquant.search.record import load_ranking, load_record
 
 pytestmark = pytest.mark.real
@@ -211,8 +211,8 @@ def test_evaluator_that_fails_names_the_step(real_model_path, real_data, tmp_pat
 
 
 def test_early_decisions_give_the_verdicts_of_full_evaluations(real_model_path, real_data, tmp_path):
-    from nbquant.quantize.deploy import make_deploy_model
     from nbquant.graph.prepare import prepare_model
+    from nbquant.quantize.deploy import make_deploy_model
 
     result = auto_calibrate(real_model_path, real_data, save_dir=tmp_path, calib_settings=FAST_CALIB, progress=False,
                             settings=AutoSettings(max_drop=0.001, eval_num=300, rank_num=8, max_evals=6))

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nbquant.search.auto import AutoSettings
 from nbquant.cli import main
 from nbquant.data.images import ImageDataset
 from nbquant.errors import ConfigError
 from nbquant.evaluation.evaluators import LogitEvaluator
 from nbquant.evaluation.metrics import agreement, mean_kl, neg_kl, top1
+from nbquant.search.auto import AutoSettings
 
 
 @pytest.mark.parametrize("kwargs, message", [

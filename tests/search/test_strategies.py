@@ -7,8 +7,8 @@ import pytest
 
 from nbquant.errors import ConfigError
 from nbquant.evaluation.metrics import Budget
-from nbquant.search.strategies import BudgetExhausted, search_binary, search_greedy, search_refine
 from nbquant.search.record import check_resume, load_ranking, load_record
+from nbquant.search.strategies import BudgetExhausted, search_binary, search_greedy, search_refine
 
 RANKED = [f"L{i}" for i in range(20)]
 

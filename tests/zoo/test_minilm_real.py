@@ -5,14 +5,14 @@ MatMuls with weights run as onnxruntime integer kernels."""
 import numpy as np
 import onnx
 import pytest
-
 from conftest import need_text_packages
-from nbquant.search.auto import AutoSettings, auto_calibrate
-from nbquant.evaluation.session import fused_ops
-from nbquant.evaluation.evaluators import LogitEvaluator
-from nbquant.files import save_model
+
 from nbquant.calibration.run import CalibrationSettings
 from nbquant.data.tensors import TensorDataset
+from nbquant.evaluation.evaluators import LogitEvaluator
+from nbquant.evaluation.session import fused_ops
+from nbquant.files import save_model
+from nbquant.search.auto import AutoSettings, auto_calibrate
 
 pytestmark = pytest.mark.real
 

@@ -10,11 +10,18 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-
 from conftest import need_text_packages
+
 from nbquant.errors import ConfigError, ModelError
-from nbquant.zoo import build_minilm, encode_sentences, find_minilm_zip, load_tokenizer, sample_sentences, save_minilm
-from nbquant.zoo import minilm
+from nbquant.zoo import (
+    build_minilm,
+    encode_sentences,
+    find_minilm_zip,
+    load_tokenizer,
+    minilm,
+    sample_sentences,
+    save_minilm,
+)
 
 # Published on sbert.net (sentence-transformers usage page) for all-MiniLM-L6-v2.
 SBERT_SENTENCES = ["The weather is lovely today.", "It's so sunny outside!", "He drove to the stadium."]

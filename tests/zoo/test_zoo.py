@@ -18,8 +18,14 @@ from PIL import Image
 
 from nbquant import settings
 from nbquant.errors import ConfigError, ModelError
-from nbquant.zoo import build_efficientnet_lite, find_weights, load_state_dict, save_model, state_dict_shapes
-from nbquant.zoo import efficientnet_lite
+from nbquant.zoo import (
+    build_efficientnet_lite,
+    efficientnet_lite,
+    find_weights,
+    load_state_dict,
+    save_model,
+    state_dict_shapes,
+)
 from nbquant.zoo.torch_pickle import LEGACY_MAGIC, LEGACY_PROTOCOL
 
 # --- writing tiny torch-format files without torch ------------------------------------
