@@ -1,1 +1,7 @@
-"""TODO"""
+"""Graph analysis: an ONNX model in; its layers, tables and a prepared float model out.
+
+Loads and names nodes (``load``), finds the layers nbquant quantizes and describes them
+(``layers``), folds BatchNormalization into Convs (``fusion``), and gives the float model as
+the later stages take it (``prepare``). ``helpers`` holds the small graph utilities every
+stage shares. Nothing here runs a model.
+"""
