@@ -12,6 +12,7 @@ from pathlib import Path
 
 import onnx
 
+DEFAULT_RUNS_DIR = Path("runs")  # run folders go to runs/<model name> unless a save dir is given
 RANKING_FILE = "accuracy_based_auto_calibration_ranking_information.json"
 FINAL_CONFIG_FILE = "accuracy_based_auto_calibration_final_config.json"
 RECORD_FILE = "accuracy_based_auto_calibration_record.json"

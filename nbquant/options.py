@@ -1,7 +1,9 @@
-"""Closed sets of string options (enums) that read their members, values and aliases alike."""
+"""Validated setting values: closed sets of string options (enums) that read their members, values
+and aliases alike, and the number checks every settings dataclass uses (one message for each)."""
 
 from __future__ import annotations
 
+import math
 import re
 from enum import Enum
 
@@ -36,7 +38,27 @@ class Choice(str, Enum):
             raise ConfigError(f"{where} must be one of {', '.join(m.value for m in cls)}, got {value!r}") from None
 
 
-def check_count(name: str, value: object, minimum: int = 1) -> int:
+def check_int(name: str, value: object, minimum: int = 1, error: type[Exception] = ConfigError) -> int:
+    """``value`` as an int, or ``error`` naming the setting when it is not an int >= ``minimum``.
+
+    >>> check_int("calib_num", 0)
+    Traceback (most recent call last):
+    ...
+    nbquant.errors.ConfigError: calib_num must be an int >= 1, got 0
+    """
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
-        raise DataError(f"{name} must be an int >= {minimum}, got {value!r}")
+        raise error(f"{name} must be an int >= {minimum}, got {value!r}")
     return int(value)
+
+
+def check_count(name: str, value: object, minimum: int = 1) -> int:
+    """:func:`check_int` for sample counts and offsets given with data (raises DataError)."""
+    return check_int(name, value, minimum, DataError)
+
+
+def check_number(name: str, value: object, minimum: float = 0.0) -> float:
+    """``value`` as a float, or ConfigError naming the setting when it is not a finite number >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(value) or value < minimum:
+        raise ConfigError(f"{name} must be a number >= {minimum:g}, got {value!r}")
+    return float(value)
