@@ -1,12 +1,15 @@
-"""The run folder and atomic file writes: a failed run never leaves a half-written result."""
+"""The run folder, atomic file writes and the run log: a failed run never leaves a half-written result, and
+log/nbquant.log gets nbquant's messages for as long as a run lasts."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +19,7 @@ DEFAULT_RUNS_DIR = Path("runs")  # run folders go to runs/<model name> unless a 
 RANKING_FILE = "accuracy_based_auto_calibration_ranking_information.json"
 FINAL_CONFIG_FILE = "accuracy_based_auto_calibration_final_config.json"
 RECORD_FILE = "accuracy_based_auto_calibration_record.json"
+LOG_FORMAT = "%(asctime)s - %(levelname)s - [nbquant]:%(message)s"
 
 
 @dataclass(frozen=True)
@@ -127,3 +131,23 @@ def read_json(path: Path):
 def remove_dir(path: Path | None) -> None:
     if path is not None:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@contextmanager
+def log_to_file(path: Path, level: int = logging.INFO):
+    """Send the ``nbquant`` logger's records to ``path`` (appending) inside the ``with`` block."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    logger = logging.getLogger("nbquant")
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setLevel(level)
+    old_level = logger.level
+    if logger.getEffectiveLevel() > level:
+        logger.setLevel(level)
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+        handler.close()

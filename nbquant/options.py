@@ -62,3 +62,20 @@ def check_number(name: str, value: object, minimum: float = 0.0) -> float:
             or not math.isfinite(value) or value < minimum:
         raise ConfigError(f"{name} must be a number >= {minimum:g}, got {value!r}")
     return float(value)
+
+
+def check_positive(name: str, value: object) -> float:
+    """``value`` as a float, or ConfigError naming the setting when it is not a finite number > 0.
+
+    >>> check_positive("scale", 0)
+    Traceback (most recent call last):
+    ...
+    nbquant.errors.ConfigError: scale must be a number > 0, got 0
+    """
+    try:
+        number = check_number(name, value)
+    except ConfigError:
+        number = 0.0  # reported below, in this function's words
+    if number <= 0:
+        raise ConfigError(f"{name} must be a number > 0, got {value!r}")
+    return number

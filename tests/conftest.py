@@ -1,4 +1,8 @@
-"""Shared fixtures: the real model and images named by NBQUANT_MODEL / NBQUANT_DATA."""
+"""Shared fixtures: the real model and images named by NBQUANT_MODEL / NBQUANT_DATA.
+
+Tests that use them live in ``*_real.py`` files marked ``real``; unit tests, on synthetic graphs only,
+live in the other files, so ``-m "not real"`` and ``*_real.py`` name the same tests (checked at collection).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,34 @@ import pytest
 
 from nbquant import settings
 from nbquant.data.images import ImageDataset
+
+REAL_FIXTURES = frozenset({"real_data", "real_model_path", "real_calibration"})
+
+
+def real_layout_errors(items) -> list[str]:
+    """What breaks the layout: a real fixture or marker outside a ``*_real.py`` file, or such a file
+    without ``pytestmark = pytest.mark.real``. Browser tests (tests/browser) are real by nature."""
+    errors = []
+    for item in items:
+        if item.get_closest_marker("browser"):
+            continue
+        in_real_file = item.path.name.endswith("_real.py")
+        marked = item.get_closest_marker("real") is not None
+        used = sorted(REAL_FIXTURES & set(getattr(item, "fixturenames", ())))
+        if used and not in_real_file:
+            errors.append(f"{item.nodeid} uses {', '.join(used)}: move it to a *_real.py file")
+        elif marked and not in_real_file:
+            errors.append(f"{item.nodeid} is marked real: move it to a *_real.py file")
+        elif in_real_file and not marked:
+            errors.append(f"{item.nodeid} is in a *_real.py file: add pytestmark = pytest.mark.real")
+    return errors
+
+
+def pytest_collection_modifyitems(config, items):
+    errors = real_layout_errors(items)
+    if errors:
+        raise pytest.UsageError("real-data tests must live in *_real.py files marked real:\n  "
+                                + "\n  ".join(errors))
 
 
 def _missing(reason: str):

@@ -147,10 +147,17 @@ def test_failure_while_writing_leaves_no_results(model_file, images, tmp_path, m
     assert no_results(tmp_path / "out") and not list((tmp_path / "out").glob("temp*"))
 
 
-def test_bad_setting_values(capsys, model_file, images, tmp_path):
-    code, _, err = run(capsys, "calibrate", model_file, "--data", images, "--save-dir", tmp_path / "out",
-                       "--resize", "8", "--crop", "8", "--calib-num", "0")
-    assert code == 2 and "calib_num must be an int >= 1, got 0" in err
+@pytest.mark.parametrize("command, flags, message", [
+    ("calibrate", ["--calib-num", "0"], "calib_num must be an int >= 1, got 0"),
+    ("calibrate", ["--batch-size", "0"], "batch_size must be an int >= 1, got 0"),
+    ("calibrate", ["--resize", "8", "--crop", "0"], "crop must be an int >= 1, got 0"),
+    ("auto-calibrate", ["--rank-num", "-1"], "rank_num must be an int >= 1, got -1"),
+    ("auto-calibrate", ["--workers", "0"], "--workers must be an int >= 1, got 0"),
+])
+def test_bad_setting_values(capsys, model_file, images, tmp_path, command, flags, message):
+    code, _, err = run(capsys, command, model_file, "--data", images, "--save-dir", tmp_path / "out", *flags)
+    assert code == 2 and message in err and err.count("\n") == 1
+    assert no_results(tmp_path / "out")
 
 
 def test_layers_command_lists_layers_and_float_ops(capsys, model_file):

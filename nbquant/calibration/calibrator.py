@@ -18,7 +18,7 @@ from ..calibration.input_covariance import CovarianceObserver, from_weight_matri
 from ..calibration.weight_rounding import choose_rounding
 from ..errors import ConfigError, NotFittedError
 from ..evaluation.session import feed
-from ..graph.helpers import constants, copy_model
+from ..graph.helpers import attribute, constants, copy_model
 from ..graph.layers import Layer, find_layers, post_layer_tensor
 from ..quantize.layer_quant import LayerQuant
 from ..quantize.numerics import (
@@ -98,7 +98,7 @@ class Calibrator:
         values = constants(model)
         self.means_ = means or {}
         self.covariances_ = covariances or {}
-        groups = {n.name: next((a.i for a in n.attribute if a.name == "group"), 1) for n in model.graph.node}
+        groups = {n.name: attribute(n, "group", 1) for n in model.graph.node}
         self.layers_ = find_layers(model, values)
         self.config.check_layers([layer.name for layer in self.layers_], "the model")
         self.observers_ = observers

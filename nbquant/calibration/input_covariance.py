@@ -48,7 +48,7 @@ def conv_rows(x: np.ndarray, geometry: ConvGeometry, positions: np.ndarray | Non
     (kh, kw), (sh, sw), (pt, pl, pb, pr), (dh, dw) = (geometry.kernel, geometry.strides, geometry.pads,
                                                       geometry.dilations)
     n, c = x.shape[:2]
-    padded = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    padded = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr))) if any((pt, pl, pb, pr)) else x
     span_h, span_w = dh * (kh - 1) + 1, dw * (kw - 1) + 1
     out_h = (padded.shape[2] - span_h) // sh + 1
     out_w = (padded.shape[3] - span_w) // sw + 1

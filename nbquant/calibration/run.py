@@ -27,15 +27,15 @@ from ..data.preprocess import Preprocess
 from ..data.tensors import TensorDataset
 from ..errors import ConfigError, stage
 from ..evaluation.session import make_session
-from ..files import RunPaths, atomic_write_json, atomic_write_text, read_json, remove_dir, save_model
+from ..files import RunPaths, atomic_write_json, atomic_write_text, log_to_file, read_json, remove_dir, save_model
 from ..graph.helpers import constants
 from ..graph.prepare import PreparedModel, prepare_model
+from ..options import check_int
 from ..quantize.cpu_probe import probe_int8
 from ..quantize.deploy import make_deploy_model
 from ..quantize.deploy_target import DeployTarget, resolve_target, weight_max
 from ..quantize.fake_quant import make_fake_quant_model
 from ..quantize.record_files import format_scale_offset_record, make_quant_map
-from ..runlog import log_to_file
 from .calibrator import Calibrator, observe, observed_tensors, with_outputs
 
 log = logging.getLogger(__name__)
@@ -66,9 +66,7 @@ class CalibrationSettings:
         object.__setattr__(self, "weight_rounding", WeightRounding.parse(self.weight_rounding))
         object.__setattr__(self, "deploy_target", DeployTarget.parse(self.deploy_target))
         for name in ("calib_num", "batch_size", "bins"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"{name} must be an int >= 1, got {value!r}")
+            object.__setattr__(self, name, check_int(name, getattr(self, name)))
 
 
 @dataclass

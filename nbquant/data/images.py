@@ -183,7 +183,16 @@ class ImageDataset:
             files, labels = files[:limit], labels[:limit]
         self._set(root, layout, files, np.asarray(labels, dtype=np.int64), class_names)
 
+    @classmethod
+    def _from_parts(cls, root: Path, layout: DatasetLayout, files: list[Path], labels: np.ndarray,
+                    class_names: list[str] | None) -> ImageDataset:
+        """A dataset of files already listed (a subset, a shard), without scanning a folder."""
+        dataset = cls.__new__(cls)
+        dataset._set(root, layout, files, labels, class_names)
+        return dataset
+
     def _set(self, root, layout, files, labels, class_names) -> None:
+        """Every attribute, in one place for :meth:`__init__` and :meth:`_from_parts`."""
         self.root: Path = root
         self.layout: DatasetLayout = layout
         self.files: list[Path] = files
@@ -223,11 +232,9 @@ class ImageDataset:
         if offset + n > len(self):
             raise DataError(f"calibration count {n} at offset {offset} goes past the "
                             f"{len(self)} images in {self.root}")
-        sub = object.__new__(ImageDataset)
         end = offset + n
-        sub._set(self.root, self.layout, self.files[offset:end], self.labels[offset:end].copy(),
-                 self.class_names)
-        return sub
+        return self._from_parts(self.root, self.layout, self.files[offset:end], self.labels[offset:end].copy(),
+                                self.class_names)
 
     @classmethod
     def from_files(cls, files) -> ImageDataset:
@@ -235,9 +242,8 @@ class ImageDataset:
         files = [Path(f) for f in files]
         if not files:
             raise DataError("from_files needs at least one image file")
-        sub = object.__new__(cls)
-        sub._set(files[0].parent, DatasetLayout.UNLABELED, files, np.full(len(files), -1, np.int64), None)
-        return sub
+        return cls._from_parts(files[0].parent, DatasetLayout.UNLABELED, files, np.full(len(files), -1, np.int64),
+                               None)
 
     def spread(self, n: int) -> ImageDataset:
         """``n`` files evenly spaced over the sorted list, e.g. a calibration set that covers every
@@ -249,10 +255,8 @@ class ImageDataset:
         if n > len(self):
             raise DataError(f"calibration count {n} is larger than the {len(self)} images in {self.root}")
         picks = (np.arange(n) * len(self)) // n
-        sub = object.__new__(ImageDataset)
-        sub._set(self.root, self.layout, [self.files[i] for i in picks], self.labels[picks].copy(),
-                 self.class_names)
-        return sub
+        return self._from_parts(self.root, self.layout, [self.files[i] for i in picks], self.labels[picks].copy(),
+                                self.class_names)
 
     def iter_batches(self, pre: Preprocess, batch_size: int = 32, pixels: bool = False) -> Iterator[Batch]:
         """Yield preprocessed batches in file order; the next batch decodes while one is used.

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import ConfigError
+from ..options import check_int, check_number, check_positive
 
 
 class ChannelOrder(str, Enum):
@@ -76,16 +77,14 @@ class Preprocess:
 
     def __post_init__(self) -> None:
         for name in ("resize", "crop"):
-            _check_positive_int(name, getattr(self, name))
+            object.__setattr__(self, name, check_int(name, getattr(self, name)))
         if self.crop > self.resize:
             raise ConfigError(
                 f"crop must be <= resize, got crop={self.crop} resize={self.resize}"
             )
         object.__setattr__(self, "mean", _to_triple("mean", self.mean, positive=False))
         object.__setattr__(self, "std", _to_triple("std", self.std, positive=True))
-        if not _is_number(self.scale) or not math.isfinite(self.scale) or self.scale <= 0:
-            raise ConfigError(f"scale must be a positive number, got {self.scale!r}")
-        object.__setattr__(self, "scale", float(self.scale))
+        object.__setattr__(self, "scale", check_positive("scale", self.scale))
         for name, enum in (
             ("channel_order", ChannelOrder),
             ("layout", Layout),
@@ -115,23 +114,16 @@ class Preprocess:
         return (self.crop, self.crop, 3)
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-
-
-def _check_positive_int(name: str, value: object) -> None:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
-        raise ConfigError(f"{name} must be a positive int, got {value!r}")
-
-
 def _to_triple(name: str, value: object, positive: bool) -> tuple[float, float, float]:
     """Turn a sequence of three finite numbers into a float tuple, or raise ConfigError."""
     kind = "positive numbers" if positive else "finite numbers"
     if not isinstance(value, (Sequence, np.ndarray)) or isinstance(value, str) or len(value) != 3:
         raise ConfigError(f"{name} must be 3 {kind} (one per channel), got {value!r}")
-    if not all(_is_number(v) and math.isfinite(v) and (v > 0 or not positive) for v in value):
-        raise ConfigError(f"{name} must be 3 {kind} (one per channel), got {value!r}")
-    return tuple(float(v) for v in value)  # type: ignore[return-value]
+    try:
+        return tuple(check_positive(name, v) if positive else check_number(name, v, -math.inf)
+                     for v in value)  # type: ignore[return-value]
+    except ConfigError:
+        raise ConfigError(f"{name} must be 3 {kind} (one per channel), got {value!r}") from None
 
 
 def _to_enum(name: str, value: object, enum: type[Enum]) -> Enum:
@@ -233,6 +225,21 @@ def resize_for_crop(crop: int) -> int:
     (256, 274, 297)
     """
     return int(round(crop / CROP_RATIO))
+
+
+def with_sizes(pre: Preprocess, resize: int | None = None, crop: int | None = None,
+               layout: str | Layout | None = None) -> Preprocess:
+    """``pre`` with the sizes and layout given (None keeps ``pre``'s); a crop given without a resize
+    brings the resize of :func:`resize_for_crop`.
+
+    >>> pre = with_sizes(Preprocess(), crop=200)
+    >>> pre.crop, pre.resize, with_sizes(pre, resize=210).resize
+    (200, 229, 210)
+    """
+    changes = {k: v for k, v in (("resize", resize), ("crop", crop), ("layout", layout)) if v is not None}
+    if crop is not None and resize is None:
+        changes["resize"] = resize_for_crop(crop)
+    return replace(pre, **changes) if changes else pre
 
 
 def fit_to_input(pre: Preprocess, input_shape: Sequence[object]) -> tuple[Preprocess, str]:

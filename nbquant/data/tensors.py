@@ -10,6 +10,7 @@ batches for calibration and gathered by index for evaluation; a batch is a feed 
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -18,6 +19,7 @@ import numpy as np
 import onnx
 
 from ..errors import DataError
+from ..files import atomic_write_bytes
 from ..options import check_count
 from .images import Batch, ImageDataset
 
@@ -124,6 +126,7 @@ class TensorDataset:
 
     def batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
         """Feed dicts in order, ``batch_size`` samples at a time."""
+        batch_size = check_count("batch_size", batch_size)
         for start in range(0, len(self), batch_size):
             yield {name: a[start:start + batch_size] for name, a in self.inputs.items()}
 
@@ -174,6 +177,14 @@ def _check_array(array: np.ndarray, info, source: str) -> None:
     if dims and (len(dims) != array.ndim or any(d is not None and d != s for d, s in zip(dims[1:], array.shape[1:]))):
         want = ["N"] + ["?" if d is None else d for d in dims[1:]]
         raise DataError(f"{source}: input {info.name} has shape {list(array.shape)}, the model wants {want}")
+
+
+def save_arrays(path: str | os.PathLike, inputs: Mapping[str, np.ndarray], labels=None) -> Path:
+    """Write ``inputs`` (one array per model input name) and ``labels`` as the ``.npz`` file
+    :meth:`TensorDataset.from_file` reads, all or nothing."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **inputs, **({} if labels is None else {LABELS_KEY: np.asarray(labels)}))
+    return atomic_write_bytes(Path(path), buffer.getvalue())
 
 
 def is_array_source(data) -> bool:

@@ -19,10 +19,13 @@ from tqdm.auto import tqdm
 
 from ..data.images import Batch, ImageDataset
 from ..data.preprocess import DEFAULT_PRESET, Preprocess, check_input_shape, fit_to_input, get_preset
-from ..errors import ConfigError, ModelError
+from ..errors import ModelError
+from ..options import check_int
 from .session import ModelLike, make_session
 
 log = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 32  # images per inference batch
 
 
 def _model_name(model: ModelLike) -> str:
@@ -48,7 +51,7 @@ def _run(session: ort.InferenceSession, images: np.ndarray) -> np.ndarray:
 
 
 def run_batches(session: ort.InferenceSession, dataset: ImageDataset, pre: Preprocess,
-                batch_size: int = 32, progress: bool = True,
+                batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = True,
                 desc: str = "evaluating") -> Iterator[tuple[np.ndarray, Batch]]:
     """Yield (logits [B, classes], batch) for each batch of ``dataset``, with a progress bar."""
     with tqdm(total=len(dataset), desc=desc, unit="img", disable=not progress) as bar:
@@ -77,13 +80,12 @@ def _limited(dataset: ImageDataset, limit: int | None) -> ImageDataset:
     """The first ``limit`` images of ``dataset`` (all of them when limit is None or larger)."""
     if limit is None:
         return dataset
-    if not isinstance(limit, (int, np.integer)) or isinstance(limit, bool) or limit < 1:
-        raise ConfigError(f"limit must be a positive int or None, got {limit!r}")
-    return dataset if limit >= len(dataset) else dataset.subset(int(limit))
+    limit = check_int("limit", limit)
+    return dataset if limit >= len(dataset) else dataset.subset(limit)
 
 
 def predictions(model: ModelLike, dataset: ImageDataset, pre: Preprocess | None = None,
-                batch_size: int = 32, limit: int | None = None,
+                batch_size: int = DEFAULT_BATCH_SIZE, limit: int | None = None,
                 progress: bool = True) -> np.ndarray:
     """Raw model outputs [N, classes] in file order (skipped files left out); images not kept."""
     session, pre = _prepare(model, pre)
@@ -102,8 +104,7 @@ def topk_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     if logits.ndim != 2 or labels.shape != (logits.shape[0],):
         raise ValueError(
             f"need logits [N, C] and labels [N], got {logits.shape} and {labels.shape}")
-    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
-        raise ConfigError(f"k must be a positive int, got {k!r}")
+    k = check_int("k", k)
     valid = (labels >= 0) & (labels < logits.shape[1])
     safe = np.where(valid, labels, 0)
     target = logits[np.arange(len(labels)), safe][:, None]
@@ -136,7 +137,7 @@ def _accuracy(flags: np.ndarray, labeled: bool) -> float:
 
 
 def evaluate(model: ModelLike, dataset: ImageDataset, pre: Preprocess | None = None,
-             batch_size: int = 32, limit: int | None = None, progress: bool = True) -> EvalResult:
+             batch_size: int = DEFAULT_BATCH_SIZE, limit: int | None = None, progress: bool = True) -> EvalResult:
     """Top-1/top-5 accuracy of ``model`` on (the first ``limit`` images of) ``dataset``.
 
     ``seconds`` is the wall time including session creation and image decoding.

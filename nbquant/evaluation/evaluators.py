@@ -50,6 +50,10 @@ class LogitEvaluator:
         self.budget = Budget(max_drop, relative)
         self.batch_size = batch_size
         self.pool = as_pool(executor)
+        self.images_: ImageDataset | TensorDataset | ImageFiles | None = None  # set by prepare
+        self.reference_: np.ndarray | None = None
+        self.order_: np.ndarray | None = None
+        self._float_model = None
         if isinstance(metric, str) and metric not in METRICS:
             raise ConfigError(f"metric must be one of {', '.join(METRICS)} or a callable, got {metric!r}")
         if metric == "top1" and not data.labeled:
@@ -82,6 +86,7 @@ class LogitEvaluator:
 
     def logits(self, model, simulate: bool | None = None) -> np.ndarray:
         """The model's first output for every image, in file order (run in :attr:`order_`)."""
+        self._check_prepared()
         plan = batch_plan(self.order_, self.batch_size)
         return collect(run_plan(model, self.images_, plan, self.pool, simulate), len(self.images_))[0]
 
@@ -89,8 +94,7 @@ class LogitEvaluator:
         """Reference-tool compatibility; nbquant calibrates on the images it is given."""
 
     def evaluate(self, model) -> float:
-        if not hasattr(self, "images_"):
-            raise ConfigError("LogitEvaluator.prepare(float_model, preprocess) must run before evaluate")
+        self._check_prepared()
         fn = METRICS[self.metric] if isinstance(self.metric, str) else self.metric
         logits = self.reference_ if model is self._float_model else self.logits(model)
         return float(fn(logits, self.images_.labels, self.reference_))
@@ -104,6 +108,7 @@ class LogitEvaluator:
         """(metric, images used, upper bound): the exact metric (and bound), or None once the images
         seen prove that the configuration misses the budget whatever the others give; the bound is
         then the best metric it could still have reached (see :mod:`nbquant.early_decision`)."""
+        self._check_prepared()
         if not self.decides_early:
             metric = self.evaluate(model)
             return metric, len(self.images_), metric
@@ -121,3 +126,7 @@ class LogitEvaluator:
 
     def metric_eval(self, original, new) -> tuple[bool, float]:
         return self.budget.check(original, new)
+
+    def _check_prepared(self) -> None:
+        if self.images_ is None:
+            raise ConfigError("LogitEvaluator.prepare(float_model, preprocess) must run before evaluate")

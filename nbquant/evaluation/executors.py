@@ -16,6 +16,7 @@ import warnings
 from concurrent.futures import Executor
 
 from ..errors import ConfigError
+from ..options import check_int
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +119,8 @@ def open_pool(scheduler: str | None = None, workers: int | None = None) -> Evalu
         return None
     if scheduler is not None and workers is not None:
         raise ConfigError("give --scheduler (an existing cluster) or --workers (a local one), not both")
-    if workers is not None and (not isinstance(workers, int) or workers < 1):
-        raise ConfigError(f"--workers must be an int >= 1, got {workers!r}")
+    if workers is not None:
+        workers = check_int("--workers", workers)
     try:
         from distributed import Client, LocalCluster
     except ImportError:

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import ConfigError
 from ..evaluation.early_decision import hits
+from ..options import check_number
 
 
 @dataclass(frozen=True)
@@ -20,9 +20,7 @@ class Budget:
     relative: bool = False
 
     def __post_init__(self):
-        value = self.max_drop
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-            raise ConfigError(f"max_drop must be a number >= 0, got {value!r}")
+        check_number("max_drop", self.max_drop)
 
     def check(self, original: float, new: float) -> tuple[bool, float]:
         """(ok, loss) with loss = original - new (divided by |original| when relative)."""

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .helpers import constants, consumers, copy_model, drop_unused_initializers
+from .helpers import attribute, constants, consumers, copy_model, drop_unused_initializers
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,8 @@ def fold_bn_params(weight, bias, gamma, beta, mean, var, eps):
 
 
 def _fold_pair(model, conv, bn, values):
-    eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
+    """Give ``conv`` the folded weight and bias (new initializers named after it) and ``bn``'s output."""
+    eps = attribute(bn, "epsilon", 1e-5)
     has_bias = len(conv.input) > 2 and conv.input[2]
     new_weight, new_bias = fold_bn_params(values[conv.input[1]], values[conv.input[2]] if has_bias else None,
                                           *(values[name] for name in bn.input[1:5]), eps)

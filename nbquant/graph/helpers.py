@@ -1,31 +1,15 @@
-"""Small helpers over ONNX graphs: constants, copies, consumers, attributes, pruning."""
+"""Small helpers over ONNX graphs, the one home of each for every stage: constants, attributes,
+copies, node and reader look-ups, input rewiring, bias inputs, metadata, initializer pruning."""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
-
-def consumers(model) -> dict[str, list]:
-    users: dict[str, list] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            users.setdefault(name, []).append(node)
-    for out in model.graph.output:
-        users.setdefault(out.name, []).append(None)
-    for node in model.graph.node:
-        for out in node.output:
-            users.setdefault(out, [])
-    return users
-
-
-def drop_unused_initializers(model) -> None:
-    used = {name for node in model.graph.node for name in node.input}
-    used |= {o.name for o in model.graph.output}
-    kept = [init for init in model.graph.initializer if init.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
+from ..errors import ModelError
 
 
 def constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
@@ -37,7 +21,17 @@ def constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return values
 
 
+def attributes(node: onnx.NodeProto) -> dict:
+    """Every attribute of ``node`` by name, as Python values (ints, floats, lists, tensors)."""
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
 def attribute(node: onnx.NodeProto, name: str, default):
+    """The value of one attribute of ``node``, or ``default`` when the node does not set it.
+
+    >>> attribute(onnx.helper.make_node("Conv", ["x", "w"], ["y"], group=4), "group", 1)
+    4
+    """
     for a in node.attribute:
         if a.name == name:
             return onnx.helper.get_attribute_value(a)
@@ -45,13 +39,48 @@ def attribute(node: onnx.NodeProto, name: str, default):
 
 
 def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A deep copy of ``model``, for rewrites that must leave the caller's model as it was."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     return out
 
 
 def node_by_name(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    """The nodes of the graph by name (names are unique once :func:`~nbquant.graph.load.name_nodes` ran)."""
     return {node.name: node for node in model.graph.node}
+
+
+def consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
+    """Every tensor a node reads or writes -> the nodes that read it, in graph order, each once.
+
+    Graph outputs are not readers: check ``model.graph.output`` where a tensor leaving the graph matters.
+    """
+    users: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for out in node.output:
+            users.setdefault(out, [])
+        for name in node.input:
+            readers = users.setdefault(name, [])
+            if not readers or readers[-1] is not node:
+                readers.append(node)
+    return users
+
+
+def first_consumer(model: onnx.ModelProto, tensor: str) -> onnx.NodeProto:
+    """The first node in graph order that reads ``tensor``: where to insert what must come before
+    every reader of it."""
+    readers = consumers(model).get(tensor)
+    if not readers:
+        raise ModelError(f"no node of graph {model.graph.name!r} reads tensor {tensor!r}")
+    return readers[0]
+
+
+def rename_inputs(nodes: Iterable[onnx.NodeProto], renames: dict[str, str]) -> None:
+    """Make each of ``nodes`` read ``renames[name]`` wherever it read a tensor ``name`` in ``renames``."""
+    for node in nodes:
+        for i, name in enumerate(node.input):
+            if name in renames:
+                node.input[i] = renames[name]
 
 
 def set_bias(node: onnx.NodeProto, name: str) -> None:
@@ -60,3 +89,17 @@ def set_bias(node: onnx.NodeProto, name: str) -> None:
         node.input[2] = name
     else:
         node.input.append(name)
+
+
+def model_metadata(model: onnx.ModelProto) -> dict[str, str]:
+    """The model's ``metadata_props`` as a dict."""
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def drop_unused_initializers(model: onnx.ModelProto) -> None:
+    """Remove, in place, the initializers that no node reads and that are not graph outputs."""
+    used = {name for node in model.graph.node for name in node.input}
+    used |= {o.name for o in model.graph.output}
+    kept = [init for init in model.graph.initializer if init.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)

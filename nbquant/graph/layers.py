@@ -1,28 +1,17 @@
-"""Graph analysis: load a model, name its nodes, find the layers nbquant can quantize."""
+"""The layers nbquant quantizes: found in a graph, described in tables, and the tensor each one's
+integer kernel emits."""
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 import pandas as pd
 
-from .helpers import attribute, constants
+from .helpers import attribute, attributes, constants, consumers, node_by_name
 
 ACTIVATION_OPS = ("Clip", "Relu")
-
-
-def post_layer_tensor(model: onnx.ModelProto, layer: Layer) -> str:
-    """The tensor an integer kernel would emit: the layer output, or that of its sole Clip/Relu."""
-    users = [n for n in model.graph.node if layer.output in n.input]
-    if len(users) == 1 and users[0].op_type in ACTIVATION_OPS and users[0].input[0] == layer.output:
-        return users[0].output[0]
-    return layer.output
-
-log = logging.getLogger(__name__)
-
 LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 FLOAT_REASONS = {
@@ -66,6 +55,14 @@ def kernel_kind(op: str, weight_shape, group: int = 1) -> str:
     return {"ConvTranspose": "conv_transpose", "Gemm": "gemm", "MatMul": "matmul"}[op]
 
 
+def post_layer_tensor(model: onnx.ModelProto, layer: Layer) -> str:
+    """The tensor an integer kernel would emit: the layer output, or that of its sole Clip/Relu."""
+    users = consumers(model).get(layer.output, [])
+    if len(users) == 1 and users[0].op_type in ACTIVATION_OPS and users[0].input[0] == layer.output:
+        return users[0].output[0]
+    return layer.output
+
+
 def find_layers(model: onnx.ModelProto, values: dict | None = None) -> list[Layer]:
     """The quantizable layers in graph order: Conv, ConvTranspose, Gemm, MatMul with constant weight."""
     values = constants(model) if values is None else values
@@ -80,7 +77,7 @@ def find_layers(model: onnx.ModelProto, values: dict | None = None) -> list[Laye
 def _as_layer(node: onnx.NodeProto, values: dict) -> Layer | None:
     if node.op_type not in LAYER_OPS or len(node.input) < 2 or node.input[1] not in values:
         return None
-    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    attrs = attributes(node)
     weight = values[node.input[1]]
     bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
     if node.op_type == "Conv":
@@ -117,7 +114,7 @@ def layer_table(model: onnx.ModelProto) -> pd.DataFrame:
     """One row per quantizable layer: names, shapes, parameters, MACs (batch 1), depthwise."""
     values = constants(model)
     shapes = tensor_shapes(model)
-    nodes = {n.name: n for n in model.graph.node}
+    nodes = node_by_name(model)
     rows = []
     for layer in find_layers(model, values):
         weight = values[layer.weight]

@@ -9,7 +9,7 @@ import onnx
 import pandas as pd
 
 from ..errors import ModelError
-from ..graph.fusion import fold_batchnorm
+from .fusion import fold_batchnorm
 from .layers import Layer, find_layers, layer_table
 from .load import load_model, name_nodes
 

@@ -20,12 +20,12 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from ..graph.helpers import constants, node_by_name, set_bias
+from ..graph.helpers import constants, first_consumer, node_by_name, rename_inputs, set_bias
 from ..graph.layers import post_layer_tensor
-from ..quantize.deploy_target import target_metadata
-from ..quantize.graph_edit import GraphEdit
-from ..quantize.numerics import QParams, quantize_bias
+from .deploy_target import target_metadata
+from .graph_edit import GraphEdit
 from .layer_quant import LayerQuant
+from .numerics import QParams, quantize_bias
 
 
 def make_deploy_model(model: onnx.ModelProto, quant: dict[str, LayerQuant],
@@ -51,7 +51,7 @@ def quantize_graph(model: onnx.ModelProto, quant: dict[str, LayerQuant], output_
             _dynamic_matmul(edit, node, lq)
             continue
         # ahead of the tensor's first reader: other readers (a Shape, an Add) may come before the layer
-        first = _first_consumer(edit.model, lq.layer.input)
+        first = first_consumer(edit.model, lq.layer.input).name
         node.input[0] = edit.quantize_dequantize(first, lq.layer.input, f"{name}/input", lq.activation)
         dequantized.setdefault(lq.layer.input, node.input[0])
         node.input[1] = edit.integer_weight(name, f"{name}/weight", lq)
@@ -65,7 +65,7 @@ def quantize_graph(model: onnx.ModelProto, quant: dict[str, LayerQuant], output_
             continue
         post = post_layer_tensor(edit.model, lq.layer)
         if post not in dequantized and post not in graph_outputs:
-            consumer = _first_consumer(edit.model, post)
+            consumer = first_consumer(edit.model, post).name
             dequantized[post] = edit.quantize_dequantize(consumer, post, f"{name}/output", output_qparams[post])
     _reroute_consumers(edit.model, dequantized, set(quant))
     return edit
@@ -116,19 +116,12 @@ def _integer_bias(edit: GraphEdit, node: onnx.NodeProto, lq: LayerQuant, values)
                                    f"{name}/bias_scale", f"{name}/bias_zero_point", axis))
 
 
-def _first_consumer(model: onnx.ModelProto, tensor: str) -> str:
-    return next(node.name for node in model.graph.node if tensor in node.input)
-
-
 def _reroute_consumers(model: onnx.ModelProto, dequantized: dict[str, str], enabled: set[str]) -> None:
     """Every other reader of a tensor that is quantized anyway reads its dequantized value: ops
     like Add and pooling, so onnxruntime runs them in int8, and layers left in float, so the layer
     before them still fuses into an integer kernel (a float reader of its raw output would keep it
     in float, and cost a layout change on each side). A float layer thus sees its input rounded to
     8 bits, as behind any integer kernel."""
-    for node in model.graph.node:
-        if node.name in enabled or node.op_type in ("QuantizeLinear", "DequantizeLinear"):
-            continue
-        for i, name in enumerate(node.input):
-            if name in dequantized:
-                node.input[i] = dequantized[name]
+    rename_inputs((node for node in model.graph.node
+                   if node.name not in enabled and node.op_type not in ("QuantizeLinear", "DequantizeLinear")),
+                  dequantized)

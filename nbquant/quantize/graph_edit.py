@@ -9,9 +9,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..graph.helpers import copy_model
-from ..quantize.numerics import QParams
+from ..graph.helpers import copy_model, drop_unused_initializers, model_metadata
 from .layer_quant import LayerQuant
+from .numerics import QParams
 
 MIN_OPSET = 13  # per-channel QuantizeLinear (axis) needs opset 13
 
@@ -26,10 +26,12 @@ class GraphEdit:
         self.initializers: list[onnx.TensorProto] = []
 
     def constant(self, name: str, value: np.ndarray) -> str:
+        """Add ``value`` as an initializer named ``name``; return the name."""
         self.initializers.append(numpy_helper.from_array(np.asarray(value), name))
         return name
 
     def qparam_inputs(self, prefix: str, p: QParams) -> tuple[str, str]:
+        """``<prefix>_scale`` and ``<prefix>_zero_point`` initializers for ``p`` (0-d when per-tensor)."""
         scale = np.asarray(p.scale, np.float32)
         zero_point = np.asarray(p.zero_point).astype(p.dtype)
         return (self.constant(f"{prefix}_scale", scale.reshape(-1) if scale.size > 1 else scale.reshape(())),
@@ -37,6 +39,7 @@ class GraphEdit:
                               zero_point.reshape(-1) if zero_point.size > 1 else zero_point.reshape(())))
 
     def add_node(self, before: str, node: onnx.NodeProto) -> None:
+        """Insert ``node`` ahead of the node named ``before`` (after those added before it)."""
         self.before.setdefault(before, []).append(node)
 
     def quantize_dequantize(self, before: str, tensor: str, prefix: str, p: QParams,
@@ -56,15 +59,15 @@ class GraphEdit:
         return self.dequantize(before, quantized, prefix, scale, zero_point, kwargs)
 
     def dequantize(self, before, quantized, prefix, scale, zero_point, kwargs) -> str:
+        """Insert a DequantizeLinear of ``quantized`` ahead of ``before``; return ``<prefix>_dequantized``."""
         self.add_node(before, helper.make_node("DequantizeLinear", [quantized, scale, zero_point],
                                                [f"{prefix}_dequantized"], name=f"{prefix}/DequantizeLinear",
                                                **kwargs))
         return f"{prefix}_dequantized"
 
-    def finish(self, drop_initializers: set[str] = frozenset(),
-               metadata: dict[str, str] | None = None) -> onnx.ModelProto:
-        """Apply the edit: nodes in topological order, unused initializers dropped, metadata
-        added, model checked."""
+    def finish(self, metadata: dict[str, str] | None = None) -> onnx.ModelProto:
+        """Apply the edit: nodes in topological order, unused initializers dropped, ``metadata``
+        added to the model's, model checked."""
         graph = self.model.graph
         nodes = []
         for node in graph.node:
@@ -74,13 +77,9 @@ class GraphEdit:
         del graph.node[:]
         graph.node.extend(nodes)
         graph.initializer.extend(self.initializers)
-        used = {name for node in graph.node for name in node.input}
-        kept = [i for i in graph.initializer if i.name in used and i.name not in drop_initializers]
-        del graph.initializer[:]
-        graph.initializer.extend(kept)
+        drop_unused_initializers(self.model)
         if metadata:
-            props = {p.key: p.value for p in self.model.metadata_props}
-            onnx.helper.set_model_props(self.model, {**props, **metadata})
+            onnx.helper.set_model_props(self.model, {**model_metadata(self.model), **metadata})
         onnx.checker.check_model(self.model)
         return self.model
 

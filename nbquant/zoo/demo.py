@@ -1,4 +1,9 @@
-"""The demo run: a real model and real photos on a fresh machine, then the auto calibration."""
+"""What ``nbquant demo`` runs on, found or made on a fresh machine: a real model and real photos.
+
+The model is ``$NBQUANT_MODEL``, the one in model/, or EfficientNet-Lite0 built from the zoo
+weights; the photos are ``$NBQUANT_DATA``, data/images or data/, or scikit-image's sample
+photos (unlabeled). The command line (``cli.cmd_demo``) runs the auto calibration on them.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from pathlib import Path
 from .. import settings
 from ..data.images import IMAGE_EXTENSIONS, ImageDataset
 from ..errors import DataError
+from .efficientnet_lite import save_model
 
 log = logging.getLogger(__name__)
 
@@ -23,13 +29,13 @@ def demo_model() -> Path:
             return path
     except Exception:  # a model/ folder without exactly one model: build ours beside them
         pass
-    from ..zoo import save_model
     target = Path(os.environ.get("NBQUANT_MODEL", DEFAULT_MODEL))
     target = target / DEFAULT_MODEL.name if target.suffix != ".onnx" else target
     return save_model("lite0", target)
 
 
 def _has_images(folder: Path) -> bool:
+    """Whether ``folder`` holds at least one image file, at any depth."""
     return folder.is_dir() and any(p.suffix.lower() in IMAGE_EXTENSIONS for p in folder.rglob("*"))
 
 

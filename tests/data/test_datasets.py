@@ -168,13 +168,6 @@ def test_partial_wordnet_class_folders_warn_about_label_order(tmp_path, caplog):
     assert "WordNet ids but only 2 of 1000" in caplog.text
 
 
-@pytest.mark.real
-def test_real_data_is_imagenet_layout(real_data):
-    assert real_data.layout is DatasetLayout.IMAGENET
-    assert len(real_data) == 1000
-    assert real_data.labels.tolist() == list(range(1000))
-
-
 def test_pixel_cache_gives_the_model_inputs_exactly_from_a_quarter_of_the_bytes(imagenet_dir, tmp_path):
     from dataclasses import replace
 

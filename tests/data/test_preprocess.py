@@ -20,6 +20,7 @@ from nbquant.data.preprocess import (
     preprocess_image,
     resize_short_side,
     resized_long_side,
+    with_sizes,
 )
 from nbquant.errors import ConfigError
 
@@ -45,15 +46,19 @@ def test_unknown_preset_lists_valid_names():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"crop": -3}, "crop must be a positive int, got -3"),
-        ({"resize": 0}, "resize must be a positive int, got 0"),
-        ({"crop": 2.5}, "crop must be a positive int, got 2.5"),
-        ({"crop": True}, "crop must be a positive int, got True"),
+        ({"crop": -3}, "crop must be an int >= 1, got -3"),
+        ({"resize": 0}, "resize must be an int >= 1, got 0"),
+        ({"crop": 2.5}, "crop must be an int >= 1, got 2.5"),
+        ({"crop": True}, "crop must be an int >= 1, got True"),
         ({"crop": 300}, "crop must be <= resize, got crop=300 resize=256"),
         ({"mean": (0.5, 0.5)}, r"mean must be 3 finite numbers"),
         ({"std": (0.5, 0.0, 0.5)}, r"std must be 3 positive numbers"),
         ({"std": "abc"}, r"std must be 3 positive numbers"),
-        ({"scale": -1.0}, "scale must be a positive number, got -1.0"),
+        ({"std": (0.5, float("inf"), 0.5)}, r"std must be 3 positive numbers"),
+        ({"mean": (0.5, True, 0.5)}, r"mean must be 3 finite numbers"),
+        ({"scale": -1.0}, "scale must be a number > 0, got -1.0"),
+        ({"scale": 0}, "scale must be a number > 0, got 0"),
+        ({"scale": float("nan")}, "scale must be a number > 0, got nan"),
         ({"layout": "CHW"}, "layout must be one of NCHW, NHWC, got 'CHW'"),
         ({"interpolation": "nearest"}, "interpolation must be one of bilinear, bicubic"),
         ({"channel_order": 3}, "channel_order must be one of RGB, BGR, got 3"),
@@ -70,6 +75,8 @@ def test_strings_become_enums_and_lists_become_tuples():
     assert pre.interpolation is Interpolation.BICUBIC
     assert pre.mean == (0.0, 0.0, 0.0)
     hash(pre)  # frozen and hashable
+    sized = Preprocess(resize=np.int64(10), crop=np.int32(8), mean=np.array([1, 2, 3]), scale=np.float32(0.5))
+    assert (type(sized.resize), type(sized.crop), type(sized.scale), sized.mean) == (int, int, float, (1.0, 2.0, 3.0))
 
 
 def test_long_side_rounding():
@@ -155,12 +162,11 @@ def test_crop_resize_and_layout_follow_a_static_model_input():
     assert fit_to_input(pre, ["N", 3, 224, 200]) == (pre, "")  # not square: the check will say so
 
 
-def test_model_without_metadata_gets_its_input_size_and_flags_still_win(tmp_path, caplog):
+def test_model_without_metadata_gets_its_input_size_and_given_sizes_still_win(caplog):
     import logging
 
     import onnx
 
-    from nbquant.cli import _preprocess, build_parser
     from nbquant.data.binding import resolve_preprocess
     model = onnx.parser.parse_model("""
     <ir_version: 8, opset_import: ["" : 13]>
@@ -170,7 +176,7 @@ def test_model_without_metadata_gets_its_input_size_and_flags_still_win(tmp_path
         pre = resolve_preprocess(model)
     assert (pre.crop, pre.resize) == (240, 274) and "crop 240, resize 274" in caplog.text
     assert resolve_preprocess(model, "imagenet").crop == 240  # a preset names the normalisation only
-    args = build_parser().parse_args(["evaluate", "m.onnx", "--crop", "200"])
-    assert (_preprocess(args, model).crop, _preprocess(args, model).resize) == (200, 229)
-    args = build_parser().parse_args(["evaluate", "m.onnx", "--crop", "200", "--resize", "210"])
-    assert _preprocess(args, model).resize == 210
+    assert with_sizes(pre) is pre
+    assert (with_sizes(pre, crop=200).crop, with_sizes(pre, crop=200).resize) == (200, 229)  # ratio 0.875
+    assert with_sizes(pre, crop=200, resize=210).resize == 210
+    assert with_sizes(pre, layout="nhwc").layout is Layout.NHWC and with_sizes(pre, resize=300).crop == 240

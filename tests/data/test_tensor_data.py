@@ -13,7 +13,7 @@ from structures import text_encoder, text_samples
 
 from nbquant.calibration.run import CalibrationSettings, build_config, calibrate
 from nbquant.cli import main
-from nbquant.data.tensors import TensorDataset, open_data
+from nbquant.data.tensors import TensorDataset, open_data, save_arrays
 from nbquant.errors import ConfigError, DataError
 from nbquant.evaluation.evaluators import LogitEvaluator
 from nbquant.evaluation.metrics import cosine_similarity
@@ -47,6 +47,17 @@ def test_array_sources_agree_and_sample_like_image_folders(encoder):
     batches = list(from_file.subset(10, offset=5).iter_batches(batch_size=4))
     assert [len(b.labels) for b in batches] == [4, 4, 2] and not from_file.labeled
     assert np.array_equal(batches[0].images["attention_mask"], arrays["attention_mask"][5:9])
+
+
+def test_saved_arrays_read_back(tmp_path):
+    arrays = text_samples(6)
+    path = save_arrays(tmp_path / "new" / "samples.npz", arrays, labels=np.arange(6))
+    data = open_data(path)
+    assert data.labeled and data.labels.tolist() == list(range(6)) and list(data.inputs) == list(arrays)
+    assert all(np.array_equal(data.inputs[name], a) for name, a in arrays.items())
+    assert [p.name for p in path.parent.iterdir()] == ["samples.npz"]  # no temp file left
+    with pytest.raises(DataError, match="batch_size must be an int >= 1, got 0"):
+        next(data.batches(0))
 
 
 def test_bad_arrays_name_the_source_and_input(encoder, tmp_path):

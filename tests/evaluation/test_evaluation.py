@@ -136,12 +136,3 @@ def test_fixed_batch_model_runs_in_padded_chunks(colour_dir):
     fixed = predictions(tiny_model(batch="1"), data, PRE, batch_size=4, progress=False)
     dynamic = predictions(tiny_model(), data, PRE, batch_size=4, progress=False)
     np.testing.assert_array_equal(fixed, dynamic)
-
-
-@pytest.mark.real
-def test_real_model_top1_is_documented_value(real_model_path, real_data):
-    """The shared EfficientNet-Lite0 scores 886/1000 with the "half" preset (shared/README)."""
-    result = evaluate(real_model_path, real_data, batch_size=32, progress=False)
-    assert result.n == 1000 and not real_data.skipped
-    assert int(result.samples["correct"].sum()) == 886
-    assert result.top1 == 0.886

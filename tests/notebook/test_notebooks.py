@@ -1,25 +1,18 @@
-"""The notebooks: committed clean, and each runs top to bottom on a fresh kernel with the real data.
+"""The notebooks are committed clean: valid, without outputs or absolute paths, reading the settings
+(running them on the real data: test_notebooks_real)."""
 
-Each executes headless with nbclient in a temp copy of notebooks/ (runs/ lands there too);
-the executed copies are left in pytest's temp folder, never in the repo.
-"""
-
-import os
-import shutil
-import time
 from pathlib import Path
 
 import pytest
 
 nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
-pytest.importorskip("ipykernel")
-pytest.importorskip("ipywidgets")
-pytest.importorskip("matplotlib")
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 NAMES = ["01_calibration.ipynb", "02_ranking_visualization.ipynb", "03_fallback_loop.ipynb"]
-LIMIT_SECONDS = 180
+
+
+def test_every_notebook_is_checked():
+    assert sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")) == NAMES
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -32,31 +25,3 @@ def test_committed_clean_without_absolute_paths(name):
             assert not cell.outputs and cell.execution_count is None, f"{name}: clear outputs before committing"
     assert "/work/" not in text and "../shared" not in text and "shared/models" not in text
     assert "settings.model_path()" in text and "settings.data_dir()" in text
-
-
-@pytest.mark.real
-@pytest.mark.parametrize("name", NAMES)
-def test_notebook_runs_top_to_bottom(name, real_model_path, real_data, tmp_path, monkeypatch):
-    monkeypatch.setenv("NBQUANT_MODEL", str(Path(real_model_path).resolve()))
-    monkeypatch.setenv("NBQUANT_DATA", str(Path(real_data.root).resolve()))
-    folder = tmp_path / "notebooks"
-    folder.mkdir()
-    path = folder / name
-    shutil.copyfile(NOTEBOOKS / name, path)
-    notebook = nbformat.read(path, as_version=4)
-    start = time.perf_counter()
-    try:
-        nbclient.NotebookClient(notebook, timeout=LIMIT_SECONDS, kernel_name="python3",
-                                resources={"metadata": {"path": str(folder)}}).execute()
-    finally:
-        nbformat.write(notebook, path)
-    seconds = time.perf_counter() - start
-    assert seconds < LIMIT_SECONDS, f"{name} took {seconds:.0f} s"
-    outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs]
-    assert not [o for o in outputs if o.output_type == "error"]
-    tagged = [c for c in notebook.cells if "main-figure" in c.metadata.get("tags", [])]
-    assert tagged and all(any("image/png" in o.get("data", {}) for o in c.outputs) for c in tagged)
-    widgets = [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
-    assert any("calibrate" in o["data"].get("text/plain", "") for o in widgets), "tqdm.auto renders as a widget"
-    assert not (NOTEBOOKS / "runs").exists() and (tmp_path / "runs").exists() == (name == NAMES[2])
-    assert os.environ["NBQUANT_MODEL"] == str(Path(real_model_path).resolve())

@@ -7,7 +7,7 @@ import pytest
 
 from nbquant.errors import ConfigError
 from nbquant.evaluation.metrics import Budget
-from nbquant.search.record import check_resume, load_ranking, load_record
+from nbquant.search.record import SearchRecord, check_resume, load_ranking, load_record
 from nbquant.search.strategies import BudgetExhausted, search_binary, search_greedy, search_refine
 
 RANKED = [f"L{i}" for i in range(20)]
@@ -101,7 +101,7 @@ def test_load_reference_tool_record_and_ranking(tmp_path):
 
 
 def test_resume_with_other_arguments_is_refused(tmp_path):
-    record = {"settings": {"max_drop": 0.002, "strategy": "refine"}}
+    record = SearchRecord({"max_drop": 0.002, "strategy": "refine"}, ["L0"])
     check_resume(record, {"max_drop": 0.002, "strategy": "refine"}, tmp_path / "r.json")
     with pytest.raises(ConfigError, match="max_drop was 0.002 in the record but is 0.005 now"):
         check_resume(record, {"max_drop": 0.005, "strategy": "refine"}, tmp_path / "r.json")

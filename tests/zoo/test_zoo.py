@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import os
 import pickle
 import struct
 import sys
@@ -14,9 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from PIL import Image
 
-from nbquant import settings
 from nbquant.errors import ConfigError, ModelError
 from nbquant.zoo import (
     build_efficientnet_lite,
@@ -268,7 +265,7 @@ def test_missing_weights_package_says_how_to_install(monkeypatch):
         find_weights("lite1")
 
 
-# --- against the real weights and the shared model --------------------------------------
+# --- against the real weights (the shared model: test_zoo_real.py) -----------------------
 
 
 def _weights_or_skip(variant: str) -> Path:
@@ -283,43 +280,6 @@ def test_save_model_writes_atomically(tmp_path):
     path = save_model("lite0", tmp_path / "new" / "dir" / "lite0.onnx", fold_bn=True)
     assert path.is_file() and [p.name for p in path.parent.iterdir()] == ["lite0.onnx"]
     assert path.stat().st_size > 10_000_000
-
-
-def _preprocess(path: Path, resize: int = 256, crop: int = 224) -> np.ndarray:
-    """Short side to ``resize`` (bilinear), center crop, scale to [0, 1], normalize, CHW."""
-    image = Image.open(path).convert("RGB")
-    w, h = image.size
-    short = min(w, h)
-    size = (resize, int(h * resize / short)) if w == short else (int(w * resize / short), resize)
-    image = image.resize(size, Image.BILINEAR)
-    w, h = image.size
-    top, left = int(round((h - crop) / 2)), int(round((w - crop) / 2))
-    x = np.asarray(image.crop((left, top, left + crop, top + crop)), np.float32) / 255
-    return ((x - 0.498) / 0.502).transpose(2, 0, 1)
-
-
-@pytest.fixture(scope="module")
-def shared_batch():
-    """16 shared images and the shared lite0 model's logits on them, or a skip saying why."""
-    if not (os.environ.get("NBQUANT_MODEL") and os.environ.get("NBQUANT_DATA")):
-        pytest.skip("set NBQUANT_MODEL and NBQUANT_DATA to the shared lite0 model and images")
-    model, data = settings.model_path(), settings.data_dir()
-    files = sorted(data.glob("*.JPEG"))
-    if not model.is_file() or len(files) < 16:
-        pytest.skip(f"shared model {model} or 16 images in {data} missing")
-    x = np.stack([_preprocess(f) for f in files[:: len(files) // 16][:16]])
-    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    return x, session.run(["logits"], {"input": x})[0]
-
-
-@pytest.mark.real
-@pytest.mark.parametrize("fold_bn", [False, True])
-def test_lite0_matches_shared_model(shared_batch, fold_bn):
-    _weights_or_skip("lite0")
-    x, reference = shared_batch
-    logits = _run(build_efficientnet_lite("lite0", fold_bn=fold_bn), x)
-    assert np.abs(logits - reference).max() <= 1e-3
-    np.testing.assert_array_equal(logits.argmax(1), reference.argmax(1))
 
 
 def test_recorded_preprocessing_is_what_nbquant_uses():

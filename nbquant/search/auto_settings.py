@@ -1,0 +1,39 @@
+"""The auto calibration's settings: loss budget, strategy, sensitivity metric, evaluation budget,
+subsets; checked when made, so a bad value fails before any model runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import ConfigError
+from ..options import check_int, check_number
+from .ranking import METHODS as SENSITIVITY_METHODS
+from .strategies import STRATEGIES
+
+
+@dataclass(frozen=True)
+class AutoSettings:
+    """The search's settings: loss budget, strategy, sensitivity metric, evaluation budget, subsets."""
+
+    max_drop: float = 0.005
+    relative: bool = False
+    strategy: str = "refine"
+    sensitivity: str = "output"
+    max_evals: int = 20
+    eval_num: int | None = None
+    rank_num: int = 32
+    metric: str | None = None  # built-in evaluator: top1 when labeled, else agreement (images) or cosine (arrays)
+    check_deploy: bool = True  # judge the deploy model (where this CPU runs it exactly); False: the simulation
+    early_decisions: bool = True  # stop an evaluation once it cannot meet the budget (top1, agreement)
+
+    def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        if self.sensitivity not in SENSITIVITY_METHODS:
+            raise ConfigError(f"sensitivity must be one of {', '.join(SENSITIVITY_METHODS)}, "
+                              f"got {self.sensitivity!r}")
+        check_int("max_evals", self.max_evals)
+        check_int("rank_num", self.rank_num)
+        if self.eval_num is not None:
+            check_int("eval_num", self.eval_num)
+        check_number("max_drop", self.max_drop)

@@ -1,0 +1,144 @@
+"""Search steps: a float-layer set in; its model built, judged, recorded; each set evaluated once.
+
+``judge`` is ``deploy`` (the model that ships, run with onnxruntime's integer kernels, which
+compute it exactly on this CPU) or ``fake_quant`` (its float simulation: ``--no-check-deploy``,
+or a full-range target on a CPU that cannot run it exactly).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import onnx
+from tqdm.auto import tqdm
+
+from ..calibration.calibrator import Calibrator
+from ..errors import NbquantError, stage
+from ..quantize.deploy import make_deploy_model
+from ..quantize.deploy_target import inexact_kinds_here, target_metadata
+from ..quantize.fake_quant import make_fake_quant_model
+from .auto_settings import AutoSettings
+from .context import RunContext
+from .measure import EvaluatorError, Measurement
+from .record import Step, jsonable_metric, save_record
+from .strategies import STRATEGIES, BudgetExhausted
+
+log = logging.getLogger(__name__)
+
+
+def config_model(model: onnx.ModelProto, quant: dict, float_layers, output_qparams: dict, target,
+                 deploy: bool) -> onnx.ModelProto:
+    """``model`` with every layer of ``quant`` (name -> LayerQuant) in int8 except ``float_layers``: the
+    deploy model (int8 weights, onnxruntime's integer kernels) or its fake-quant simulation."""
+    kept = {name: lq for name, lq in quant.items() if name not in float_layers}
+    build = make_deploy_model if deploy else make_fake_quant_model
+    return build(model, kept, output_qparams, target)
+
+
+def choose_judge(settings: AutoSettings, calibrator: Calibrator) -> str:
+    """``deploy`` where this CPU runs the deploy model exactly, else ``fake_quant`` (with a warning)."""
+    if not settings.check_deploy:
+        return "fake_quant"
+    inexact = inexact_kinds_here(target_metadata(calibrator.quant_, calibrator.config.deploy_target))
+    if inexact:
+        log.warning("deploy target %s: this CPU computes full-range int8 inexactly for %s layers, so the search "
+                    "judges the fake-quant simulation (what a CPU with exact int8 kernels computes) and the deploy "
+                    "model is not evaluated here. --deploy-target portable is exact on every CPU.",
+                    calibrator.config.deploy_target.value, ", ".join(inexact))
+        return "fake_quant"
+    return "deploy"
+
+
+class StepEvaluator:
+    """Evaluates configurations once each, records every step, tracks the best passing one.
+
+    Configurations already in the run's record (a resumed run) are answered from it; beyond
+    ``settings.max_evals`` steps :meth:`step` raises :class:`BudgetExhausted`.
+    """
+
+    def __init__(self, run: RunContext, calibrator: Calibrator, judge: str):
+        self.run, self.calibrator, self.judge = run, calibrator, judge
+        self.max_evals = run.settings.max_evals
+        self.cache = {frozenset(s.float_layers): s for s in run.record.steps if s.kind != "original"}
+        self.bar = tqdm(total=self.max_evals, desc="auto-calibrate", unit="eval", disable=not run.progress)
+        self.bar.update(min(len(run.record.steps), self.max_evals))
+
+    def check(self, float_layers: frozenset) -> bool:
+        return self.step(float_layers).ok
+
+    def step(self, float_layers: frozenset, kind: str = "search") -> Step:
+        if float_layers in self.cache:
+            return self.cache[float_layers]
+        record = self.run.record
+        if len(record.steps) >= self.max_evals:
+            raise BudgetExhausted()
+        number, start = len(record.steps), time.perf_counter()
+        calibrator = self.calibrator
+        with stage(f"building the {self.judge.replace('_', '-')} model of step {number}", self.run.prepared.name):
+            model = config_model(self.run.prepared.model, calibrator.quant_, float_layers,
+                                 calibrator.tensor_qparams_, calibrator.config.deploy_target, self.judge == "deploy")
+        measured = self._measure(model, number, float_layers)
+        ok, loss = (False, None) if measured.decided_early else \
+            self.run.evaluator.metric_eval(record.original_metric, measured.metric)
+        step = Step(number, kind, sorted(float_layers), jsonable_metric(measured.metric),
+                    None if loss is None else float(loss), bool(ok), images=measured.images, judged=self.judge,
+                    decided_early=measured.decided_early,
+                    metric_upper=measured.upper if measured.decided_early else None)
+        if self.judge == "deploy":
+            step.deploy_metric, step.deploy_loss = step.metric, step.loss
+        step.seconds = round(time.perf_counter() - start, 3)
+        record.steps.append(step)
+        save_record(record, self.run.paths.record)
+        self.cache[float_layers] = step
+        self._report(step, measured, loss)
+        return step
+
+    def _measure(self, model: onnx.ModelProto, number: int, float_layers: frozenset) -> Measurement:
+        """The evaluator's verdict on one step's model; EvaluatorError naming the step when it raises or
+        returns no usable metric."""
+        model_kind = f"{self.judge.replace('_', '-')} model"
+        where = f"step {number} ({len(float_layers)} layers in float, {model_kind})"
+        kept = f"the record {self.run.paths.record} is kept"
+        try:
+            measured = self.run.evaluator.decide(model, f"step_{number}_{self.judge}_model",
+                                                 self.run.record.original_metric)
+        except (KeyboardInterrupt, NbquantError):
+            raise
+        except Exception as exc:
+            raise EvaluatorError(f"the evaluator raised at {where}: {exc.__class__.__name__}: {exc}; {kept}") \
+                from exc
+        metric = measured.metric
+        if not measured.decided_early and (metric is None or (isinstance(metric, float) and math.isnan(metric))):
+            raise EvaluatorError(f"the evaluator returned {metric!r} at {where}; {kept}")
+        return measured
+
+    def _report(self, step: Step, measured: Measurement, loss) -> None:
+        metric = measured.metric
+        outcome = (f"metric {metric}, loss {loss:.5f}, {'ok' if step.ok else 'not ok'}" if not step.decided_early
+                   else f"not ok, decided after {step.images} images")
+        log.info("step %d: %d of %d layers in float, %s model %s", step.step, len(step.float_layers),
+                 len(self.calibrator.quant_), self.judge.replace("_", "-"), outcome)
+        self.bar.update(1)
+        self.bar.set_postfix(step=step.step, float=len(step.float_layers), metric=f"{metric}", ok=step.ok)
+
+    def best_passing(self) -> frozenset | None:
+        """The passing configuration with the fewest float layers (then the smallest loss)."""
+        passing = [s for s in self.run.record.steps if s.ok and s.kind != "original"]
+        best = min(passing, key=lambda s: (len(s.float_layers), s.loss), default=None)
+        return None if best is None else frozenset(best.float_layers)
+
+    def search(self, strategy: str, ranked: list[str]) -> frozenset | None:
+        """The float set ``strategy`` settles on over ``ranked`` layers; when the evaluation budget runs
+        out first, the best passing configuration found (None: none passed)."""
+        try:
+            found = STRATEGIES[strategy](ranked, self.check)
+        except BudgetExhausted:
+            log.warning("evaluation budget of %d spent; keeping the best passing configuration found",
+                        self.max_evals)
+            found = None
+        return found if found is not None else self.best_passing()
+
+    def close(self) -> None:
+        self.bar.close()
