@@ -6,8 +6,8 @@ ones before it (``tests/test_layout.py`` checks this):
 
     graph -> quantize -> data -> evaluation -> calibration -> search -> notebook, zoo
 
-``errors``, ``options``, ``files``, ``settings`` and ``cache`` (kept results across runs) are shared by
-every stage; ``cli`` is the command line over all of them.
+``errors``, ``options``, ``files``, ``settings``, ``timing`` (seconds per stage) and ``cache`` (results
+kept across runs) are shared by every stage; ``cli`` is the command line over all of them.
 
 >>> import nbquant
 >>> nbquant.CalibrationSettings(calib_num=50).calib_num
@@ -53,7 +53,7 @@ _API = {
     "NbquantError": "errors", "ConfigError": "errors", "DataError": "errors", "ModelError": "errors",
 }
 _SUBMODULES = ("graph", "quantize", "data", "evaluation", "calibration", "search", "notebook", "zoo",
-               "errors", "options", "files", "settings", "cache", "cli")
+               "errors", "options", "files", "settings", "timing", "cache", "cli")
 
 __all__ = ["__version__", *_API, *_SUBMODULES]
 
@@ -88,6 +88,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
         quantize,
         search,
         settings,
+        timing,
         zoo,
     )
     from .calibration.config import ActMethod, QuantConfig, WeightRounding

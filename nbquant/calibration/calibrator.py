@@ -10,12 +10,6 @@ import numpy as np
 import onnx
 import pandas as pd
 
-from ..calibration.bias_correction import weight_error_shift
-from ..calibration.channel_mean import ChannelMeanObserver
-from ..calibration.config import QuantConfig, WeightRounding
-from ..calibration.histogram import DEFAULT_BINS, HistogramObserver
-from ..calibration.input_covariance import CovarianceObserver, from_weight_matrix, weight_matrix
-from ..calibration.weight_rounding import choose_rounding
 from ..errors import ConfigError, NotFittedError
 from ..evaluation.session import feed
 from ..graph.helpers import attribute, constants, copy_model
@@ -31,7 +25,14 @@ from ..quantize.numerics import (
     quantize,
     weight_qparams,
 )
+from ..timing import timed
 from . import clip_methods
+from .bias_correction import weight_error_shift
+from .channel_mean import ChannelMeanObserver
+from .config import QuantConfig, WeightRounding
+from .histogram import DEFAULT_BINS, HistogramObserver
+from .input_covariance import CovarianceObserver, from_weight_matrix, weight_matrix
+from .weight_rounding import choose_rounding
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,10 @@ class Calibrator:
 
     def _round_weight(self, layer: Layer, w: np.ndarray, weight: QParams, rounding: WeightRounding):
         """Integer weights and how they were rounded (GPTQ where asked for and its statistics exist)."""
+        with timed("weight rounding"):
+            return self._round(layer, w, weight, rounding)
+
+    def _round(self, layer: Layer, w: np.ndarray, weight: QParams, rounding: WeightRounding):
         observer = self.covariances_.get(layer.name)
         w2 = weight_matrix(layer, w)
         if rounding is not WeightRounding.GPTQ or observer is None or observer.folds < 2 or w2 is None:

@@ -12,15 +12,6 @@ import onnx
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ..calibration.config import (
-    ActivationQuant,
-    ActMethod,
-    QuantConfig,
-    WeightRounding,
-    config_from_dict,
-    config_to_dict,
-)
-from ..calibration.input_covariance import CovarianceObserver, conv_geometry, weight_matrix
 from ..data.binding import bind_data, describe_preprocess
 from ..data.images import ImageDataset
 from ..data.preprocess import Preprocess
@@ -36,7 +27,17 @@ from ..quantize.deploy import make_deploy_model
 from ..quantize.deploy_target import DeployTarget, resolve_target, weight_max
 from ..quantize.fake_quant import make_fake_quant_model
 from ..quantize.record_files import format_scale_offset_record, make_quant_map
+from ..timing import recording, timed
 from .calibrator import Calibrator, observe, observed_tensors, with_outputs
+from .config import (
+    ActivationQuant,
+    ActMethod,
+    QuantConfig,
+    WeightRounding,
+    config_from_dict,
+    config_to_dict,
+)
+from .input_covariance import CovarianceObserver, conv_geometry, weight_matrix
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,7 @@ class CalibrationResult:
     deploy_model: onnx.ModelProto = field(repr=False)
     seconds: float
     paths: RunPaths | None = None
+    stage_times: pd.DataFrame | None = field(default=None, repr=False)  # seconds per stage (nbquant.timing)
 
     @property
     def layers(self) -> pd.DataFrame:
@@ -125,6 +127,11 @@ def collect_statistics(prepared: PreparedModel, data: ImageDataset | TensorDatas
                        settings: CalibrationSettings, progress: bool = True) -> tuple[dict, dict, dict]:
     """One float pass over the calibration images: histograms of every needed activation,
     channel means of every layer input and, for GPTQ rounding, each layer's input covariance."""
+    with timed("calibration statistics"):
+        return _collect_statistics(prepared, data, pre, settings, progress)
+
+
+def _collect_statistics(prepared, data, pre, settings, progress):
     names = observed_tensors(prepared.model, prepared.layers)
     session = make_session(with_outputs(prepared.model, names))
     batches = tqdm(data.iter_batches(pre, settings.batch_size), desc="calibrate", unit="batch",
@@ -161,9 +168,9 @@ def quantize_models(prepared: PreparedModel, calibrator: Calibrator):
     """Fake-quant and deploy models for the calibrator's enabled layers; a failure names the stage
     and the node (:class:`~nbquant.errors.StageError`)."""
     target, outputs = calibrator.config.deploy_target, calibrator.tensor_qparams_
-    with stage("building the fake-quant model", prepared.name):
+    with timed("building the quantized models"), stage("building the fake-quant model", prepared.name):
         fake = make_fake_quant_model(prepared.model, calibrator.quant_, outputs, target)
-    with stage("building the deploy model", prepared.name):
+    with timed("building the quantized models"), stage("building the deploy model", prepared.name):
         deploy = make_deploy_model(prepared.model, calibrator.quant_, outputs, target)
     return fake, deploy
 
@@ -177,10 +184,16 @@ def calibrate(model, data, save_dir=None, settings: CalibrationSettings | None =
     ``config`` (QuantConfig or config.json path) may disable layers or change methods.
     With ``save_dir`` the run folder is written (results/, tmp/, log/), all or nothing.
     """
+    with recording() as times:
+        return _calibrate(model, data, save_dir, settings, config, preprocess, progress, times)
+
+
+def _calibrate(model, data, save_dir, settings, config, preprocess, progress, times) -> CalibrationResult:
     start = time.perf_counter()
     settings = settings or CalibrationSettings()
-    prepared = prepare_model(model)
-    dataset, pre = bind_data(prepared, data, preprocess)
+    with timed("preparing the model and data"):
+        prepared = prepare_model(model)
+        dataset, pre = bind_data(prepared, data, preprocess)
     calib = dataset.spread(settings.calib_num)
     quant_config = build_config(prepared, settings, config)
     paths = RunPaths(Path(save_dir), prepared.name) if save_dir is not None else None
@@ -193,18 +206,26 @@ def calibrate(model, data, save_dir=None, settings: CalibrationSettings | None =
                  quant_config.deploy_target.value,
                  " (auto)" if settings.deploy_target is DeployTarget.AUTO else "")
         histograms, means, covariances = collect_statistics(prepared, calib, pre, settings, progress)
-        calibrator = Calibrator(quant_config).fit(prepared.model, histograms, means, covariances)
+        with timed("calibrating the layers"):
+            calibrator = Calibrator(quant_config).fit(prepared.model, histograms, means, covariances)
         fake, deploy = quantize_models(prepared, calibrator)
         result = CalibrationResult(prepared, quant_config, calibrator, fake, deploy,
                                    time.perf_counter() - start, paths)
         if paths is not None:
             write_run(result, paths)
             log.info("calibration done in %.1f s; files in %s", result.seconds, paths.save_dir)
+        result.stage_times = times.frame
+        log.info("%s", times.text(probe_int8().cpu))
     return result
 
 
 def write_run(result: CalibrationResult, paths: RunPaths) -> None:
     """Stage every result file in a temp folder, then move them into place together."""
+    with timed("writing files"):
+        _write_run(result, paths)
+
+
+def _write_run(result: CalibrationResult, paths: RunPaths) -> None:
     staging = paths.make_temp_dir()
     try:
         staged = RunPaths(staging, paths.name)

@@ -62,20 +62,20 @@ def round_gptq_dampings(w: np.ndarray, cov: np.ndarray, scale: np.ndarray, qmax:
     wt[dead] = 0.0
     mean_variance = max(float(np.mean(np.diag(h))), 1e-12)
     upper = inverse_cholesky(h, [damping * mean_variance for damping in dampings])
+    diagonal = upper[:, np.arange(k), np.arange(k), None]
     wt = np.repeat(wt[None], len(dampings), axis=0)
-    q = np.zeros(wt.shape, np.int64)
+    q = np.empty(wt.shape)
     for i1 in range(0, k, BLOCK):  # GPTQ's lazy batch updates: the columns after the block once per block
         i2 = min(i1 + BLOCK, k)
         block, errors = wt[:, i1:i2].copy(), np.empty((len(dampings), i2 - i1, wt.shape[2]))
         for i in range(i2 - i1):
             column = block[:, i]
-            rounded = np.clip(np.rint(column / s), -qmax, qmax)
-            q[:, i1 + i] = rounded
-            errors[:, i] = (column - rounded * s) / upper[:, i1 + i, i1 + i, None]
+            rounded = q[:, i1 + i] = np.minimum(np.maximum(np.rint(column / s), -qmax), qmax)
+            errors[:, i] = (column - rounded * s) / diagonal[:, i1 + i]
             block[:, i:] -= upper[:, i1 + i, i1 + i:i2, None] * errors[:, i, None, :]
         if i2 < k:
             wt[:, i2:] -= upper[:, i1:i2, i2:].transpose(0, 2, 1) @ errors
-    return q[:, np.argsort(order)].transpose(0, 2, 1)
+    return q[:, np.argsort(order)].transpose(0, 2, 1).astype(np.int64, order="C")
 
 
 def inverse_cholesky(h: np.ndarray, shifts) -> np.ndarray:
@@ -119,24 +119,29 @@ def output_error(w: np.ndarray, q: np.ndarray, scale: np.ndarray, cov: np.ndarra
     >>> output_error(w, np.array([[0, 0]]), s, together), output_error(w, np.array([[0, 1]]), s, together)
     (0.25, 0.0)
     """
-    delta = q * _row_scale(scale, w) - w
-    return float(np.sum((delta @ cov) * delta))
+    return float(output_errors(w, q[None], scale, cov)[0])
+
+
+def output_errors(w: np.ndarray, qs: np.ndarray, scale: np.ndarray, cov: np.ndarray) -> np.ndarray:
+    """:func:`output_error` of each candidate in ``qs`` [candidates, out, in], with one matrix product."""
+    delta = qs * _row_scale(scale, w) - w
+    product = (delta.reshape(-1, delta.shape[-1]) @ cov).reshape(delta.shape)
+    return np.array([np.sum(p * d) for p, d in zip(product, delta)])
 
 
 def choose_rounding(w: np.ndarray, scale: np.ndarray, qmax: int, covs: tuple[np.ndarray, np.ndarray],
                     cov_all: np.ndarray, dampings=DAMPING) -> tuple[np.ndarray, str]:
     """The integers and the name (``nearest`` or ``gptq(damping)``) of the rounding with the least
     held-out output error: each GPTQ candidate is fitted on the first covariance fold and scored on
-    the second; the winner is refitted on ``cov_all``."""
+    the second (nearest wins ties); the winner is refitted on ``cov_all``."""
     nearest = round_nearest(w, scale, qmax)
-    best, best_error = None, output_error(w, nearest, scale, covs[1])
-    for damping, q in zip(dampings, round_gptq_dampings(w, covs[0], scale, qmax, dampings)):
-        error = output_error(w, q, scale, covs[1])
-        if error < best_error:
-            best, best_error = damping, error
-    if best is None:
+    candidates = np.concatenate([nearest[None], round_gptq_dampings(w, covs[0], scale, qmax, dampings)])
+    errors = output_errors(w, candidates, scale, covs[1])
+    best = int(np.argmin(np.where(np.isnan(errors), np.inf, errors)))  # the first of equal errors
+    if best == 0:
         return nearest, "nearest"
-    return round_gptq(w, cov_all, scale, qmax, best), f"gptq({best:g})"
+    damping = dampings[best - 1]
+    return round_gptq(w, cov_all, scale, qmax, damping), f"gptq({damping:g})"
 
 
 def _row_scale(scale, w: np.ndarray) -> np.ndarray:

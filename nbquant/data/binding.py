@@ -6,10 +6,10 @@ import logging
 
 import onnx
 
-from ..data.preprocess import DEFAULT_PRESET, Preprocess, check_input_shape, fit_to_input, get_preset
 from ..errors import ConfigError
 from ..graph.prepare import PreparedModel
 from .images import ImageDataset
+from .preprocess import DEFAULT_PRESET, Preprocess, check_input_shape, fit_to_input, get_preset
 from .tensors import TensorDataset, open_data
 
 log = logging.getLogger(__name__)

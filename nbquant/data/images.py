@@ -19,9 +19,9 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from ..data.preprocess import Preprocess, crop_pixels, preprocess_image
 from ..errors import DataError
 from ..options import check_count
+from .preprocess import Preprocess, crop_pixels, preprocess_image
 
 logger = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..data.preprocess import Preprocess, normalize
 from .images import ImageDataset
+from .preprocess import Preprocess, normalize
 
 
 @dataclass

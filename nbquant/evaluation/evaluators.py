@@ -19,8 +19,9 @@ from ..data.pixel_cache import cache_images
 from ..data.preprocess import Preprocess
 from ..data.tensors import TensorDataset
 from ..errors import ConfigError
-from ..evaluation.early_decision import HIT_METRICS, decision_order, hits, upper_bound
-from ..evaluation.executors import as_pool
+from ..timing import timed
+from .early_decision import HIT_METRICS, decision_order, hits, upper_bound
+from .executors import as_pool
 from .metrics import METRICS, Budget
 from .shards import ImageFiles, batch_plan, collect, reference_outputs, run_plan
 
@@ -72,12 +73,14 @@ class LogitEvaluator:
         if isinstance(self.data, TensorDataset):
             self.images_ = self.data
         elif self.pool is None:
-            self.images_ = cache_images(self.data, pre, cache_file, progress=progress,
-                                        desc="decode evaluation images")
+            with timed("decoding images"):
+                self.images_ = cache_images(self.data, pre, cache_file, progress=progress,
+                                            desc="decode evaluation images")
         else:
             self.images_ = ImageFiles.of(self.data, pre)
-        self.images_, self.reference_ = reference_outputs(float_model, self.images_, self.batch_size, self.pool,
-                                                          progress)
+        with timed("float reference pass"):
+            self.images_, self.reference_ = reference_outputs(float_model, self.images_, self.batch_size,
+                                                              self.pool, progress)
         #: the order images run in: likely misses first for early decisions (see early_decision)
         self.order_ = (decision_order(self.metric, self.reference_, self.images_.labels) if self.decides_early
                        else np.arange(len(self.images_)))

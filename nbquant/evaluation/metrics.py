@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..evaluation.early_decision import hits
 from ..options import check_number
+from .early_decision import hits
 
 
 @dataclass(frozen=True)

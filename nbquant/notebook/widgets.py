@@ -9,9 +9,9 @@ import html
 import pandas as pd
 
 from ..errors import NbquantError
-from ..notebook.plots import figure_png, plot_search_history
 from ..search.retarget import FallbackExplorer, SearchAnswer
 from ..search.strategies import STRATEGIES
+from .plots import figure_png, plot_search_history
 
 
 class FallbackWidget:

@@ -106,6 +106,12 @@ class Int8Report:
             return f"int8 INEXACT even with |q| <= 64 ({worst})"
         return f"full-range int8 INEXACT (output steps off: {worst}); pair-safe weights |q| <= 64 exact"
 
+    @property
+    def cpu(self) -> str:
+        """Short name of this CPU and its int8 class, for the header of every published figure."""
+        vnni = "VNNI" if any("vnni" in flag for flag in self.flags) else "no VNNI"
+        return f"{self.processor or self.machine} ({vnni}, {'exact' if self.exact else 'inexact'} full-range int8)"
+
     def describe(self) -> str:
         """One line: the CPU, its int8 flags and the probe's verdict, for logs and benchmark headers."""
         flags = " ".join(self.flags) or "none found"

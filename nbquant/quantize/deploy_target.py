@@ -17,7 +17,7 @@ import logging
 
 from ..errors import ConfigError
 from ..options import Choice
-from ..quantize.cpu_probe import Int8Report, pair_safe_weight_max, probe_int8
+from .cpu_probe import Int8Report, pair_safe_weight_max, probe_int8
 from .metadata import FULL_RANGE_KEY, TARGET_KEY, WEIGHT_MAX_KEY
 
 log = logging.getLogger(__name__)

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import onnx
 
-from ..quantize.deploy import quantize_graph
-from ..quantize.deploy_target import target_metadata
-from ..quantize.numerics import QParams
+from .deploy import quantize_graph
+from .deploy_target import target_metadata
 from .layer_quant import LayerQuant
 from .metadata import SIMULATE_KEY
+from .numerics import QParams
 
 
 def make_fake_quant_model(model: onnx.ModelProto, quant: dict[str, LayerQuant], output_qparams: dict[str, QParams],

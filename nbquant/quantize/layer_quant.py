@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..graph.layers import Layer
-from ..quantize.numerics import (
+from .numerics import (
     QParams,
 )
 

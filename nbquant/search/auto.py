@@ -31,6 +31,7 @@ from ..evaluation.shards import ImageFiles
 from ..files import DEFAULT_RUNS_DIR, RunPaths, atomic_write_json, atomic_write_text, log_to_file, remove_dir
 from ..graph.prepare import prepare_model
 from ..quantize.cpu_probe import probe_int8
+from ..timing import StageTimes, recording, timed
 from .auto_settings import AutoSettings
 from .context import RunContext
 from .measure import EvaluatorError, search_evaluator
@@ -70,11 +71,19 @@ def auto_calibrate(model, data, *, calib_data=None, evaluator=None, settings: Au
     ``dask.distributed`` Client) runs the built-in evaluator's images in shards on its workers;
     the result and the record are the same as in this process.
     """
+    with recording() as times:
+        return _auto_calibrate(model, data, calib_data, evaluator, settings, calib_settings, save_dir, resume,
+                               preprocess, config, progress, executor, times)
+
+
+def _auto_calibrate(model, data, calib_data, evaluator, settings, calib_settings, save_dir, resume, preprocess,
+                    config, progress, executor, times: StageTimes) -> AutoCalibrationResult:
     start = time.perf_counter()
     settings = settings or AutoSettings()
     calib_settings = calib_settings or CalibrationSettings()
-    prepared = prepare_model(model)
-    all_data, pre = bind_data(prepared, data, preprocess)
+    with timed("preparing the model and data"):
+        prepared = prepare_model(model)
+        all_data, pre = bind_data(prepared, data, preprocess)
     eval_data = all_data.subset(min(settings.eval_num, len(all_data))) if settings.eval_num else all_data
     calib_all = bind_data(prepared, calib_data, preprocess)[0] if calib_data is not None else all_data
     if type(calib_all) is not type(all_data):
@@ -90,7 +99,7 @@ def auto_calibrate(model, data, *, calib_data=None, evaluator=None, settings: Au
     config = build_config(prepared, calib_settings, config)
     save_dir = Path(save_dir) if save_dir is not None else DEFAULT_RUNS_DIR / prepared.name
     run = RunContext(prepared, eval_data, calib_set, pre, search_evaluator(evaluator, settings.early_decisions),
-                     settings, calib_settings, config, RunPaths(save_dir, prepared.name), progress, start)
+                     settings, calib_settings, config, RunPaths(save_dir, prepared.name), progress, start, times)
     run.record = _open_record(run, _settings_dict(model, run), resume)
     run.temp = run.paths.make_temp_dir()
     try:
@@ -146,7 +155,8 @@ def _evaluate_original(run: RunContext) -> None:
     """The float model's metric (step 0, once per record); refuse an evaluator that rejects it."""
     record = run.record
     if record.original_metric is None:
-        measured = run.evaluator.evaluate(run.prepared.model, "original_model")
+        with timed("evaluating the float model"):
+            measured = run.evaluator.evaluate(run.prepared.model, "original_model")
         record.original_metric = jsonable_metric(measured.metric)
         record.steps.append(Step(0, "original", list(run.config.layers), record.original_metric, 0.0, True,
                                  seconds=0.0, images=measured.images))
@@ -167,7 +177,8 @@ def _calibrate(run: RunContext) -> Calibrator:
     with stage("calibrating the layers", prepared.name):
         calibrator = Calibrator(run.config).fit(prepared.model, *statistics)
     for model in quantize_models(prepared, calibrator):  # fail before the search, not after it
-        make_session(model)
+        with timed("checking the quantized models load"):
+            make_session(model)
     return calibrator
 
 
@@ -185,7 +196,7 @@ def _ranking(run: RunContext, calibrator: Calibrator) -> pd.DataFrame:
             images = cache_images(rank_set, run.pre, progress=False)
         else:
             images = ImageFiles.of(rank_set, run.pre)
-        with stage("ranking the layers", run.prepared.name):
+        with timed("ranking"), stage("ranking the layers", run.prepared.name):
             ranking = rank_layers(run.prepared.model, calibrator.quant_, images, settings.sensitivity, run.progress,
                                   run.prepared.table, calibrator.tensor_qparams_, pool, run.evaluator.distance)
         record.ranking = SavedRanking(settings.sensitivity, ranking.to_dict(orient="records"))

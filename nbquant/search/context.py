@@ -13,6 +13,7 @@ from ..data.preprocess import Preprocess
 from ..data.tensors import TensorDataset
 from ..files import RunPaths
 from ..graph.prepare import PreparedModel
+from ..timing import StageTimes
 from .auto_settings import AutoSettings
 from .measure import SearchEvaluator
 from .record import SearchRecord
@@ -34,5 +35,6 @@ class RunContext:
     paths: RunPaths
     progress: bool
     start: float
+    times: StageTimes = field(default_factory=StageTimes, repr=False)  # seconds per stage
     record: SearchRecord = field(init=False, repr=False)
     temp: Path = field(init=False, repr=False)

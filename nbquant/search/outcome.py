@@ -13,7 +13,9 @@ from ..calibration.calibrator import Calibrator
 from ..calibration.config import config_to_dict
 from ..calibration.run import CalibrationResult, quantize_models, write_run
 from ..files import RunPaths, atomic_write_json
+from ..quantize.cpu_probe import probe_int8
 from ..quantize.deploy_target import inexact_kinds_here, target_metadata
+from ..timing import timed
 from .context import RunContext
 from .record import Step, jsonable_metric, load_record
 
@@ -38,6 +40,7 @@ class AutoCalibrationResult:
     deploy_metric: object = None  # the deploy model's metric (onnxruntime integer kernels)
     calibrator: Calibrator | None = field(default=None, repr=False)  # every layer, as searched
     evaluator: object = field(default=None, repr=False)  # prepared: images decoded, float outputs cached
+    stage_times: pd.DataFrame | None = field(default=None, repr=False)  # seconds per stage (nbquant.timing)
 
     @property
     def evaluations(self) -> int:
@@ -75,13 +78,15 @@ def finish(run: RunContext, calibrator: Calibrator, step: Step, ranking: pd.Data
     atomic_write_json(paths.final_config, config_to_dict(final_config))
     deploy_metric = step.deploy_metric
     if deploy_metric is None and not inexact_kinds_here(target_metadata(final_cal.quant_, final_config.deploy_target)):
-        deploy_metric = _check_deploy(run, deploy)
+        with timed("checking the deploy model"):
+            deploy_metric = _check_deploy(run, deploy)
     seconds = time.perf_counter() - run.start
     n, n_int8 = len(final_config.layers), len(final_config.enabled)
     log.info("Accuracy of saved model is %s (%d of %d layers in int8, %d evaluations)", step.metric,
              n_int8, n, len(run.record.steps))
     log.info("The generated model is stored in dir: %s", paths.results)
     log.info("Cost time %.1f s", seconds)
+    log.info("%s", run.times.text(probe_int8().cpu))
     message = (f"target met: {n_int8} of {n} layers in int8, metric {step.metric} "
                f"(original {original}, loss {step.loss:.5f}; deploy model {deploy_metric})")
     table = pd.DataFrame({"layer": list(final_config.layers),
@@ -89,7 +94,8 @@ def finish(run: RunContext, calibrator: Calibrator, step: Step, ranking: pd.Data
                           "quant_enable": [c.enabled for c in final_config.layers.values()]})
     return AutoCalibrationResult(True, message, original, step.metric, final, load_record(paths.record), ranking,
                                  table, paths, seconds, calibration=calibration, deploy_metric=deploy_metric,
-                                 calibrator=calibrator, evaluator=run.evaluator.evaluator)
+                                 calibrator=calibrator, evaluator=run.evaluator.evaluator,
+                                 stage_times=run.times.frame)
 
 
 def _check_deploy(run: RunContext, deploy):
@@ -117,6 +123,8 @@ def fail(run: RunContext, calibrator: Calibrator, ranking: pd.DataFrame) -> Auto
                f"No quantized model is generated: even with {n - 1} of {n} layers in float the target is not met; "
                "the accuracy target may be too difficult to achieve. Relax the target (--max-drop) and run again.")
     log.warning(message)
+    log.info("%s", run.times.text(probe_int8().cpu))
     return AutoCalibrationResult(False, message, run.record.original_metric, None, list(calibrator.config.layers),
                                  load_record(paths.record), ranking, None, paths, time.perf_counter() - run.start,
-                                 calibrator=calibrator, evaluator=run.evaluator.evaluator)
+                                 calibrator=calibrator, evaluator=run.evaluator.evaluator,
+                                 stage_times=run.times.frame)

@@ -19,6 +19,7 @@ from ..errors import NbquantError, stage
 from ..quantize.deploy import make_deploy_model
 from ..quantize.deploy_target import inexact_kinds_here, target_metadata
 from ..quantize.fake_quant import make_fake_quant_model
+from ..timing import timed
 from .auto_settings import AutoSettings
 from .context import RunContext
 from .measure import EvaluatorError, Measurement
@@ -74,7 +75,13 @@ class StepEvaluator:
         record = self.run.record
         if len(record.steps) >= self.max_evals:
             raise BudgetExhausted()
-        number, start = len(record.steps), time.perf_counter()
+        number = len(record.steps)
+        with timed(f"search step {number} ({len(float_layers)} in float)"):
+            step = self._step(float_layers, kind, number)
+        return step
+
+    def _step(self, float_layers: frozenset, kind: str, number: int) -> Step:
+        record, start = self.run.record, time.perf_counter()
         calibrator = self.calibrator
         with stage(f"building the {self.judge.replace('_', '-')} model of step {number}", self.run.prepared.name):
             model = config_model(self.run.prepared.model, calibrator.quant_, float_layers,

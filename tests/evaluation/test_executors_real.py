@@ -21,7 +21,9 @@ from nbquant.graph.prepare import prepare_model
 from nbquant.search.auto import AutoSettings, auto_calibrate
 
 pytestmark = pytest.mark.real
-FAST_CALIB = CalibrationSettings(calib_num=16)
+# Per-tensor weights on the portable target: the all-int8 model loses about 5 of 300 images on every CPU, so it
+# misses max_drop 0.001 and is decided early wherever the test runs (the search may end without a passing step).
+COARSE_CALIB = CalibrationSettings(calib_num=16, per_channel=False, deploy_target="portable")
 SEARCH = AutoSettings(max_drop=0.001, eval_num=300, rank_num=8, max_evals=6)
 
 
@@ -92,7 +94,7 @@ def test_pool_settings_are_checked():
 @pytest.fixture(scope="module")
 def in_process(real_model_path, real_data, tmp_path_factory):
     return auto_calibrate(real_model_path, real_data, save_dir=tmp_path_factory.mktemp("in_process"),
-                          calib_settings=FAST_CALIB, settings=SEARCH, progress=False)
+                          calib_settings=COARSE_CALIB, settings=SEARCH, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +113,7 @@ def _record(result) -> dict:
 
 
 def _assert_same_run(result, reference):
-    assert result.ok and reference.ok
+    assert result.ok == reference.ok
     assert result.float_layers == reference.float_layers
     assert (result.original_metric, result.final_metric, result.deploy_metric) == \
         (reference.original_metric, reference.final_metric, reference.deploy_metric)
@@ -120,9 +122,10 @@ def _assert_same_run(result, reference):
 
 def test_dask_workers_give_the_in_process_run(in_process, dask_pool, real_model_path, real_data, tmp_path):
     assert len(dask_pool.workers()) == 2
-    result = auto_calibrate(real_model_path, real_data, save_dir=tmp_path, calib_settings=FAST_CALIB,
+    result = auto_calibrate(real_model_path, real_data, save_dir=tmp_path, calib_settings=COARSE_CALIB,
                             settings=SEARCH, progress=False, executor=dask_pool)
-    assert result.history["decided_early"].any()  # the shards of a decided step were cancelled
+    first = result.history.set_index("kind").loc["all_int8"]
+    assert not first["ok"] and first["decided_early"]  # misses the budget: the shards left were cancelled
     _assert_same_run(result, in_process)
     assert "evaluating on EvaluationPool(http://127.0.0.1" in result.paths.log_file.read_text()
 
@@ -146,7 +149,7 @@ def test_a_worker_killed_mid_evaluation_changes_nothing(in_process, dask_pool, r
     killer = threading.Thread(target=kill_a_worker_during_a_search_step, daemon=True)
     killer.start()
     logging.getLogger("distributed").setLevel(logging.CRITICAL)  # the lost worker is expected
-    result = auto_calibrate(real_model_path, real_data, save_dir=tmp_path, calib_settings=FAST_CALIB,
+    result = auto_calibrate(real_model_path, real_data, save_dir=tmp_path, calib_settings=COARSE_CALIB,
                             settings=SEARCH, progress=False, executor=dask_pool)
     killer.join()
     assert killed, "no worker was killed during a search step"

@@ -18,7 +18,6 @@ from nbquant.quantize.deploy_target import DeployTarget, weight_max
 from nbquant.quantize.fake_quant import make_fake_quant_model
 from nbquant.quantize.numerics import fake_quantize
 
-
 # Deploy models compared with onnxruntime's int8 kernels use 7-bit weights where pair sums could saturate:
 # full-range weights are exact only on CPUs whose int8 kernels add into int32 (VNNI), not on AVX2-only x86.
 PORTABLE = DeployTarget.PORTABLE

@@ -20,6 +20,9 @@ from nbquant.search.record import load_ranking, load_record
 
 pytestmark = pytest.mark.real
 FAST_CALIB = CalibrationSettings(calib_num=16)
+# Per-tensor weights on the portable target: the all-int8 model loses about 5 of 300 images on every CPU (per-channel
+# weights lose about one, so whether it meets a tight budget depends on the CPU's float rounding).
+COARSE_CALIB = CalibrationSettings(calib_num=16, per_channel=False, deploy_target="portable")
 
 
 class HarmfulLayers:
@@ -214,9 +217,10 @@ def test_early_decisions_give_the_verdicts_of_full_evaluations(real_model_path, 
     from nbquant.graph.prepare import prepare_model
     from nbquant.quantize.deploy import make_deploy_model
 
-    result = auto_calibrate(real_model_path, real_data, save_dir=tmp_path, calib_settings=FAST_CALIB, progress=False,
+    result = auto_calibrate(real_model_path, real_data, save_dir=tmp_path, calib_settings=COARSE_CALIB, progress=False,
                             settings=AutoSettings(max_drop=0.001, eval_num=300, rank_num=8, max_evals=6))
     steps = result.history[result.history["kind"] != "original"]
+    assert not steps.set_index("kind").loc["all_int8", "ok"], steps  # the all-int8 model misses: decided early
     assert steps["decided_early"].any(), steps
     model, calibrator, evaluator = prepare_model(real_model_path).model, result.calibrator, result.evaluator
     for row in steps.itertuples():
