@@ -11,7 +11,7 @@ is what ``nbquant cache`` prints.
 
 from .keys import CONTENT_HASH_MAX, FORMAT_VERSION, CacheKey, make_key
 from .report import clear_cache, describe_cache, format_bytes
-from .store import DEFAULT_MAX_BYTES, Cache, cache_dir
+from .store import DEFAULT_MAX_BYTES, Cache, cache_dir, open_cache
 
 __all__ = ["CONTENT_HASH_MAX", "DEFAULT_MAX_BYTES", "FORMAT_VERSION", "Cache", "CacheKey", "cache_dir",
-           "clear_cache", "describe_cache", "format_bytes", "make_key"]
+           "clear_cache", "describe_cache", "format_bytes", "make_key", "open_cache"]

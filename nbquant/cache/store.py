@@ -12,6 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..errors import ConfigError
 from ..options import check_int
 from .entries import BadEntry, read_entry, read_header, touch, write_entry
 from .keys import FORMAT_VERSION, CacheKey, check_kind, make_key
@@ -191,3 +192,17 @@ class Cache:
             with suppress(OSError):
                 if part.stat().st_mtime < older_than:
                     part.unlink()
+
+
+def open_cache(cache=True) -> Cache:
+    """The cache a run uses: True for the user's cache folder (:func:`cache_dir`), a folder, a :class:`Cache`,
+    or False / None for none (``--no-cache``: nothing read or written)."""
+    if isinstance(cache, Cache):
+        return cache
+    if cache is None or cache is False:
+        return Cache(enabled=False)
+    if cache is True:
+        return Cache()
+    if isinstance(cache, (str, os.PathLike)):
+        return Cache(cache)
+    raise ConfigError(f"cache must be True, False, a folder or a nbquant.cache.Cache, got {cache!r}")

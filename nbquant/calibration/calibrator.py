@@ -95,10 +95,15 @@ class Calibrator:
 
     def fit(self, model: onnx.ModelProto, observers: dict[str, HistogramObserver],
             means: dict[str, ChannelMeanObserver] | None = None,
-            covariances: dict[str, CovarianceObserver] | None = None) -> Calibrator:
+            covariances: dict[str, CovarianceObserver] | None = None,
+            roundings: dict[str, tuple[np.ndarray, str]] | None = None) -> Calibrator:
+        """``roundings`` (layer name -> integer weights and how they were rounded, e.g. a cached
+        ``roundings_``) stand in for GPTQ's covariances where given."""
         values = constants(model)
         self.means_ = means or {}
         self.covariances_ = covariances or {}
+        self._given_roundings = roundings or {}
+        self.roundings_: dict[str, tuple[np.ndarray, str]] = {}  # every layer GPTQ rounded or chose not to
         groups = {n.name: attribute(n, "group", 1) for n in model.graph.node}
         self.layers_ = find_layers(model, values)
         self.config.check_layers([layer.name for layer in self.layers_], "the model")
@@ -152,13 +157,19 @@ class Calibrator:
             return self._round(layer, w, weight, rounding)
 
     def _round(self, layer: Layer, w: np.ndarray, weight: QParams, rounding: WeightRounding):
+        if rounding is WeightRounding.GPTQ and layer.name in self._given_roundings:
+            q, how = self._given_roundings[layer.name]
+            self.roundings_[layer.name] = (q, how)
+            return q.astype(weight.dtype), how
         observer = self.covariances_.get(layer.name)
         w2 = weight_matrix(layer, w)
         if rounding is not WeightRounding.GPTQ or observer is None or observer.folds < 2 or w2 is None:
             return quantize(w, weight, layer.weight_axis), "nearest"
         covs = (observer.covariance(0), observer.covariance(1))
         q2, how = choose_rounding(w2, weight.scale, weight.qmax, covs, observer.covariance())
-        return from_weight_matrix(layer, q2, w.shape).astype(weight.dtype), how
+        q = from_weight_matrix(layer, q2, w.shape).astype(weight.dtype)
+        self.roundings_[layer.name] = (q, how)
+        return q, how
 
     def _corrected_bias(self, layer: Layer, w_fq: np.ndarray, values, group: int) -> np.ndarray | None:
         w = values[layer.weight]

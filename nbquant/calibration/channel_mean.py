@@ -24,6 +24,18 @@ class ChannelMeanObserver:
         self.count_ += count
         return self
 
+    def state(self) -> dict[str, np.ndarray] | None:
+        """What was fitted, as arrays (kept in the cache); None before any data."""
+        return None if not hasattr(self, "sum_") else {"sum": self.sum_, "count": np.array([self.count_])}
+
+    @classmethod
+    def from_state(cls, state: dict[str, np.ndarray] | None) -> ChannelMeanObserver:
+        """The observer :meth:`state` describes (unfitted for None)."""
+        observer = cls()
+        if state is not None:
+            observer.sum_, observer.count_ = np.array(state["sum"]), int(state["count"][0])
+        return observer
+
     @property
     def mean(self) -> np.ndarray:
         """Per-channel mean of the values seen so far."""

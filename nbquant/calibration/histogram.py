@@ -46,6 +46,23 @@ class HistogramObserver:
         self.counts_ += _bin_counts(x, self.edges_[0], self.edges_[-1], self.bins)
         return self
 
+    def state(self) -> dict[str, np.ndarray] | None:
+        """What was fitted, as arrays (kept in the cache); None before any data. :meth:`from_state` inverts it."""
+        if not hasattr(self, "counts_"):
+            return None
+        return {"counts": self.counts_, "edges": self.edges_,
+                "scalars": np.array([self.min_, self.max_, self.count_, self.zeros_], np.float64)}
+
+    @classmethod
+    def from_state(cls, bins: int, state: dict[str, np.ndarray] | None) -> HistogramObserver:
+        """The observer :meth:`state` describes (unfitted for None)."""
+        observer = cls(bins)
+        if state is not None:
+            observer.counts_, observer.edges_ = np.array(state["counts"]), np.array(state["edges"])
+            lo, hi, count, zeros = (float(v) for v in state["scalars"])
+            observer.min_, observer.max_, observer.count_, observer.zeros_ = lo, hi, int(count), int(zeros)
+        return observer
+
     def fit(self, batches) -> HistogramObserver:
         """Histogram of every batch in ``batches`` (an iterable of arrays)."""
         for key in ("counts_", "edges_", "min_", "max_", "count_", "zeros_"):

@@ -12,7 +12,8 @@ import onnx
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ..data.binding import bind_data, describe_preprocess
+from ..cache import Cache, CacheKey, make_key, open_cache
+from ..data.binding import bind_data, describe_preprocess, fingerprint
 from ..data.images import ImageDataset
 from ..data.preprocess import Preprocess
 from ..data.tensors import TensorDataset
@@ -38,6 +39,7 @@ from .config import (
     config_to_dict,
 )
 from .input_covariance import CovarianceObserver, conv_geometry, weight_matrix
+from .stored import pack_roundings, pack_statistics, unpack_roundings, unpack_statistics
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +125,33 @@ def with_weight_ranges(config: QuantConfig, base: QuantConfig) -> QuantConfig:
     return replace(config, layers=layers, deploy_target=base.deploy_target)
 
 
+def fit_calibrator(prepared: PreparedModel, data: ImageDataset | TensorDataset, pre: Preprocess | None,
+                   settings: CalibrationSettings, config: QuantConfig, progress: bool = True,
+                   cache: Cache | None = None) -> tuple[Calibrator, CacheKey]:
+    """Every layer calibrated on ``data``: the statistics of one float pass and GPTQ's roundings come from
+    ``cache`` when the model, the images and the settings that change them are the same, else they are
+    computed (and stored). Returns the calibrator and the key naming it, for the results derived from it."""
+    cache = cache if cache is not None else Cache(enabled=False)
+    stats_key = make_key("calibration-statistics", prepared.model, fingerprint(data), pre, settings.bins,
+                         settings.batch_size)
+    rounding_key = make_key("weight-rounding", stats_key, config)
+    gptq = settings.weight_rounding is WeightRounding.GPTQ
+    stored, roundings = cache.get(stats_key), cache.get(rounding_key) if gptq else None
+    if stored is None or (gptq and roundings is None):
+        histograms, means, covariances = collect_statistics(prepared, data, pre, settings, progress)
+        cache.put(stats_key, pack_statistics(histograms, means))
+    else:
+        log.info("calibration statistics%s from the cache (%s)", " and weight roundings" if gptq else "", stats_key)
+        histograms, means = unpack_statistics(stored, settings.bins)
+        covariances = {}
+    with timed("calibrating the layers"), stage("calibrating the layers", prepared.name):
+        calibrator = Calibrator(config).fit(prepared.model, histograms, means, covariances,
+                                            unpack_roundings(roundings) if roundings is not None else None)
+    if gptq and roundings is None:
+        cache.put(rounding_key, pack_roundings(calibrator.roundings_))
+    return calibrator, rounding_key
+
+
 def collect_statistics(prepared: PreparedModel, data: ImageDataset | TensorDataset, pre: Preprocess | None,
                        settings: CalibrationSettings, progress: bool = True) -> tuple[dict, dict, dict]:
     """One float pass over the calibration images: histograms of every needed activation,
@@ -176,19 +205,21 @@ def quantize_models(prepared: PreparedModel, calibrator: Calibrator):
 
 
 def calibrate(model, data, save_dir=None, settings: CalibrationSettings | None = None, config=None,
-              preprocess=None, progress: bool = True) -> CalibrationResult:
+              preprocess=None, progress: bool = True, cache=True) -> CalibrationResult:
     """Calibrate every layer of ``model`` on ``calib_num`` images of ``data`` spread over it.
 
     ``data``: an image folder or :class:`ImageDataset`, or arrays for models that do not take
     images (a ``.npz``/``.npy`` file, a dict of arrays, input dicts: see :func:`~nbquant.tensor_data.open_data`).
     ``config`` (QuantConfig or config.json path) may disable layers or change methods.
     With ``save_dir`` the run folder is written (results/, tmp/, log/), all or nothing.
+    ``cache``: True (the user's cache folder, see :mod:`nbquant.cache`), a folder, a
+    :class:`~nbquant.cache.Cache`, or False: statistics and roundings computed before are reused.
     """
     with recording() as times:
-        return _calibrate(model, data, save_dir, settings, config, preprocess, progress, times)
+        return _calibrate(model, data, save_dir, settings, config, preprocess, progress, cache, times)
 
 
-def _calibrate(model, data, save_dir, settings, config, preprocess, progress, times) -> CalibrationResult:
+def _calibrate(model, data, save_dir, settings, config, preprocess, progress, cache, times) -> CalibrationResult:
     start = time.perf_counter()
     settings = settings or CalibrationSettings()
     with timed("preparing the model and data"):
@@ -205,9 +236,7 @@ def _calibrate(model, data, save_dir, settings, config, preprocess, progress, ti
                  " symmetric" if settings.symmetric else "", "per channel" if settings.per_channel else "per tensor",
                  quant_config.deploy_target.value,
                  " (auto)" if settings.deploy_target is DeployTarget.AUTO else "")
-        histograms, means, covariances = collect_statistics(prepared, calib, pre, settings, progress)
-        with timed("calibrating the layers"):
-            calibrator = Calibrator(quant_config).fit(prepared.model, histograms, means, covariances)
+        calibrator, _ = fit_calibrator(prepared, calib, pre, settings, quant_config, progress, open_cache(cache))
         fake, deploy = quantize_models(prepared, calibrator)
         result = CalibrationResult(prepared, quant_config, calibrator, fake, deploy,
                                    time.perf_counter() - start, paths)

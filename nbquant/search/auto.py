@@ -19,9 +19,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..cache import Cache, make_key, open_cache
 from ..calibration.calibrator import Calibrator
-from ..calibration.run import CalibrationSettings, build_config, collect_statistics, quantize_models
-from ..data.binding import bind_data, describe_preprocess
+from ..calibration.run import CalibrationSettings, build_config, fit_calibrator, quantize_models
+from ..data.binding import bind_data, describe_preprocess, fingerprint
 from ..data.pixel_cache import cache_images
 from ..data.tensors import TensorDataset
 from ..errors import ConfigError, stage
@@ -56,7 +57,8 @@ log = logging.getLogger(__name__)
 
 def auto_calibrate(model, data, *, calib_data=None, evaluator=None, settings: AutoSettings | None = None,
                    calib_settings: CalibrationSettings | None = None, save_dir=None, resume: bool = False,
-                   preprocess=None, config=None, progress: bool = True, executor=None) -> AutoCalibrationResult:
+                   preprocess=None, config=None, progress: bool = True, executor=None,
+                   cache=True) -> AutoCalibrationResult:
     """Quantize ``model`` with as many int8 layers as the accuracy budget allows.
 
     ``data``: evaluation images (first ``settings.eval_num``); ``calib_data``: calibration
@@ -69,15 +71,18 @@ def auto_calibrate(model, data, *, calib_data=None, evaluator=None, settings: Au
     ``config`` (QuantConfig or config.json path) sets per-layer methods; layers it disables
     stay in float and are not searched. ``executor`` (a ``concurrent.futures.Executor`` or a
     ``dask.distributed`` Client) runs the built-in evaluator's images in shards on its workers;
-    the result and the record are the same as in this process.
+    the result and the record are the same as in this process. ``cache`` (True: the user's cache folder,
+    a folder, a :class:`~nbquant.cache.Cache`, or False) keeps decoded images, float outputs, calibration
+    statistics, the ranking and every evaluated configuration across runs, so a second run with another
+    budget evaluates only what is new; the result is the same as without it.
     """
     with recording() as times:
         return _auto_calibrate(model, data, calib_data, evaluator, settings, calib_settings, save_dir, resume,
-                               preprocess, config, progress, executor, times)
+                               preprocess, config, progress, executor, open_cache(cache), times)
 
 
 def _auto_calibrate(model, data, calib_data, evaluator, settings, calib_settings, save_dir, resume, preprocess,
-                    config, progress, executor, times: StageTimes) -> AutoCalibrationResult:
+                    config, progress, executor, cache: Cache, times: StageTimes) -> AutoCalibrationResult:
     start = time.perf_counter()
     settings = settings or AutoSettings()
     calib_settings = calib_settings or CalibrationSettings()
@@ -99,7 +104,7 @@ def _auto_calibrate(model, data, calib_data, evaluator, settings, calib_settings
     config = build_config(prepared, calib_settings, config)
     save_dir = Path(save_dir) if save_dir is not None else DEFAULT_RUNS_DIR / prepared.name
     run = RunContext(prepared, eval_data, calib_set, pre, search_evaluator(evaluator, settings.early_decisions),
-                     settings, calib_settings, config, RunPaths(save_dir, prepared.name), progress, start, times)
+                     settings, calib_settings, config, RunPaths(save_dir, prepared.name), progress, start, times, cache)
     run.record = _open_record(run, _settings_dict(model, run), resume)
     run.temp = run.paths.make_temp_dir()
     try:
@@ -113,7 +118,7 @@ def _run(run: RunContext) -> AutoCalibrationResult:
     _log_start(run)
     if run.evaluator.pool is not None:
         log.info("evaluating on %r", run.evaluator.pool)
-    run.evaluator.prepare(run.prepared.model, run.pre, run.temp, run.progress)
+    run.evaluator.prepare(run.prepared.model, run.pre, run.temp, run.progress, run.cache)
     _write_order(run)
     _evaluate_original(run)
     calibrator = _calibrate(run)
@@ -173,9 +178,8 @@ def _calibrate(run: RunContext) -> Calibrator:
     """Every layer calibrated once, and its models checked to load, before the search."""
     prepared = run.prepared
     with stage("the calibration pass", prepared.name):
-        statistics = collect_statistics(prepared, run.calib_set, run.pre, run.calib_settings, run.progress)
-    with stage("calibrating the layers", prepared.name):
-        calibrator = Calibrator(run.config).fit(prepared.model, *statistics)
+        calibrator, run.calibration_key = fit_calibrator(prepared, run.calib_set, run.pre, run.calib_settings,
+                                                         run.config, run.progress, run.cache)
     for model in quantize_models(prepared, calibrator):  # fail before the search, not after it
         with timed("checking the quantized models load"):
             make_session(model)
@@ -189,21 +193,35 @@ def _ranking(run: RunContext, calibrator: Calibrator) -> pd.DataFrame:
         ranking = record.ranking.frame()
     else:
         rank_set = run.calib_set.spread(min(settings.rank_num, len(run.calib_set)))
-        pool = run.evaluator.pool if settings.sensitivity == "output" else None  # cosine: one model, every twin
-        if isinstance(rank_set, TensorDataset):
-            images = rank_set
-        elif pool is None:
-            images = cache_images(rank_set, run.pre, progress=False)
+        key = make_key("ranking", run.calibration_key, fingerprint(rank_set), run.pre, settings.sensitivity,
+                       run.evaluator.distance)
+        rows = run.cache.get(key)
+        if rows is not None:
+            log.info("ranking from the cache (%s)", key)
+            ranking = pd.DataFrame(rows)
         else:
-            images = ImageFiles.of(rank_set, run.pre)
-        with timed("ranking"), stage("ranking the layers", run.prepared.name):
-            ranking = rank_layers(run.prepared.model, calibrator.quant_, images, settings.sensitivity, run.progress,
-                                  run.prepared.table, calibrator.tensor_qparams_, pool, run.evaluator.distance)
+            ranking = _rank(run, calibrator, rank_set)
+            run.cache.put(key, ranking.to_dict(orient="records"))
         record.ranking = SavedRanking(settings.sensitivity, ranking.to_dict(orient="records"))
         save_record(record, run.paths.record)
     atomic_write_json(run.paths.ranking, ranking_pairs(ranking))
     atomic_write_text(run.paths.ranking.with_suffix(".csv"), ranking.to_csv(index=False))
     return ranking
+
+
+def _rank(run: RunContext, calibrator: Calibrator, rank_set) -> pd.DataFrame:
+    settings = run.settings
+    pool = run.evaluator.pool if settings.sensitivity == "output" else None  # cosine: one model, every twin
+    if isinstance(rank_set, TensorDataset):
+        images = rank_set
+    elif pool is None:
+        with timed("decoding images"):
+            images = cache_images(rank_set, run.pre, progress=False)
+    else:
+        images = ImageFiles.of(rank_set, run.pre)
+    with timed("ranking"), stage("ranking the layers", run.prepared.name):
+        return rank_layers(run.prepared.model, calibrator.quant_, images, settings.sensitivity, run.progress,
+                           run.prepared.table, calibrator.tensor_qparams_, pool, run.evaluator.distance)
 
 
 def _open_record(run: RunContext, settings: dict, resume: bool) -> SearchRecord:

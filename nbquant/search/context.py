@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..cache import Cache, CacheKey
 from ..calibration.config import QuantConfig
 from ..calibration.run import CalibrationSettings
 from ..data.images import ImageDataset
@@ -36,5 +37,7 @@ class RunContext:
     progress: bool
     start: float
     times: StageTimes = field(default_factory=StageTimes, repr=False)  # seconds per stage
+    cache: Cache = field(default_factory=lambda: Cache(enabled=False), repr=False)  # results kept across runs
+    calibration_key: CacheKey | None = field(default=None, repr=False)  # names the fitted calibrator in the cache
     record: SearchRecord = field(init=False, repr=False)
     temp: Path = field(init=False, repr=False)

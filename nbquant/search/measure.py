@@ -42,7 +42,10 @@ class SearchEvaluator(Protocol):
     pool: object  # where the evaluator runs its shards (None: in this process)
     distance: str  # the output distance an output-sensitivity ranking uses for this evaluator's metric
 
-    def prepare(self, float_model, pre: Preprocess | None, folder: Path, progress: bool) -> None: ...
+    def prepare(self, float_model, pre: Preprocess | None, folder: Path, progress: bool, cache=None) -> None: ...
+
+    @property
+    def identity(self) -> tuple | None: ...  # what keys this evaluator's metrics in the cache (None: never cached)
 
     def run_order(self) -> tuple[list[str], str] | None: ...
 
@@ -68,7 +71,9 @@ class FileEvaluator:
         """The output distance an output-sensitivity ranking uses for this evaluator's metric."""
         return "cosine" if getattr(self.evaluator, "metric", None) == "cosine" else "kl"
 
-    def prepare(self, float_model, pre: Preprocess | None, folder: Path, progress: bool) -> None:
+    identity = None  # a user's evaluator is opaque: its metrics are never taken from the cache
+
+    def prepare(self, float_model, pre: Preprocess | None, folder: Path, progress: bool, cache=None) -> None:
         self.folder = folder
 
     def run_order(self) -> tuple[list[str], str] | None:
@@ -108,9 +113,14 @@ class BuiltinEvaluator:
     def distance(self) -> str:
         return "cosine" if self.evaluator.metric == "cosine" else "kl"
 
-    def prepare(self, float_model, pre: Preprocess | None, folder: Path, progress: bool) -> None:
-        """Decode the images into ``folder`` and compute the float model's outputs, once."""
-        self.evaluator.prepare(float_model, pre, folder / "evaluation_pixels.u8", progress)
+    def prepare(self, float_model, pre: Preprocess | None, folder: Path, progress: bool, cache=None) -> None:
+        """Decode the images into ``folder`` (or take them from ``cache``) and compute the float model's
+        outputs, once."""
+        self.evaluator.prepare(float_model, pre, folder / "evaluation_pixels.u8", progress, cache)
+
+    @property
+    def identity(self) -> tuple | None:
+        return None if self.evaluator.identity is None else (self.evaluator.identity, self.early)
 
     def run_order(self) -> tuple[list[str], str]:
         files = self.evaluator.images_.files

@@ -14,6 +14,7 @@ import time
 import onnx
 from tqdm.auto import tqdm
 
+from ..cache import make_key
 from ..calibration.calibrator import Calibrator
 from ..errors import NbquantError, stage
 from ..quantize.deploy import make_deploy_model
@@ -63,6 +64,8 @@ class StepEvaluator:
         self.run, self.calibrator, self.judge = run, calibrator, judge
         self.max_evals = run.settings.max_evals
         self.cache = {frozenset(s.float_layers): s for s in run.record.steps if s.kind != "original"}
+        identity = run.evaluator.identity if run.cache.enabled and run.calibration_key is not None else None
+        self.base_key = None if identity is None else make_key("evaluations", run.calibration_key, identity, judge)
         self.bar = tqdm(total=self.max_evals, desc="auto-calibrate", unit="eval", disable=not run.progress)
         self.bar.update(min(len(run.record.steps), self.max_evals))
 
@@ -83,10 +86,18 @@ class StepEvaluator:
     def _step(self, float_layers: frozenset, kind: str, number: int) -> Step:
         record, start = self.run.record, time.perf_counter()
         calibrator = self.calibrator
-        with stage(f"building the {self.judge.replace('_', '-')} model of step {number}", self.run.prepared.name):
-            model = config_model(self.run.prepared.model, calibrator.quant_, float_layers,
-                                 calibrator.tensor_qparams_, calibrator.config.deploy_target, self.judge == "deploy")
-        measured = self._measure(model, number, float_layers)
+        key = None if self.base_key is None else make_key("evaluation", self.base_key, sorted(float_layers))
+        measured = self._from_cache(key)
+        if measured is None:
+            with stage(f"building the {self.judge.replace('_', '-')} model of step {number}", self.run.prepared.name):
+                model = config_model(self.run.prepared.model, calibrator.quant_, float_layers,
+                                     calibrator.tensor_qparams_, calibrator.config.deploy_target,
+                                     self.judge == "deploy")
+            measured = self._measure(model, number, float_layers)
+            if key is not None:
+                self.run.cache.put(key, {"metric": jsonable_metric(measured.metric), "images": measured.images,
+                                         "upper": jsonable_metric(measured.upper),
+                                         "decided_early": measured.decided_early})
         ok, loss = (False, None) if measured.decided_early else \
             self.run.evaluator.metric_eval(record.original_metric, measured.metric)
         step = Step(number, kind, sorted(float_layers), jsonable_metric(measured.metric),
@@ -101,6 +112,19 @@ class StepEvaluator:
         self.cache[float_layers] = step
         self._report(step, measured, loss)
         return step
+
+    def _from_cache(self, key) -> Measurement | None:
+        """This configuration's measurement from an earlier run, where it still holds: a full evaluation
+        always, an early decision only while its best reachable metric still misses this run's budget."""
+        stored = self.run.cache.get(key) if key is not None else None
+        if stored is None:
+            return None
+        measured = Measurement(stored["metric"], stored["images"], stored["upper"], stored["decided_early"])
+        if measured.decided_early and self.run.evaluator.metric_eval(self.run.record.original_metric,
+                                                                      measured.upper)[0]:
+            return None
+        log.info("measurement from the cache (%s)", key)
+        return measured
 
     def _measure(self, model: onnx.ModelProto, number: int, float_layers: frozenset) -> Measurement:
         """The evaluator's verdict on one step's model; EvaluatorError naming the step when it raises or

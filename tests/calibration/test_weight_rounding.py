@@ -16,7 +16,15 @@ from nbquant.calibration.config import (
     config_to_dict,
 )
 from nbquant.calibration.input_covariance import ConvGeometry, CovarianceObserver, conv_rows
-from nbquant.calibration.weight_rounding import choose_rounding, output_error, round_gptq, round_nearest
+from nbquant.calibration.weight_rounding import (
+    choose_rounding,
+    inverse_cholesky,
+    lower_inverse,
+    output_error,
+    round_gptq,
+    round_gptq_dampings,
+    round_nearest,
+)
 from nbquant.errors import ConfigError, NotFittedError
 from nbquant.evaluation.session import make_session
 from nbquant.graph.fusion import fold_batchnorm
@@ -68,6 +76,48 @@ def test_gptq_lowers_the_held_out_output_error_on_correlated_inputs():
     gptq = round_gptq(w, fit, scale, 64)
     assert np.abs(gptq).max() <= 64
     assert output_error(w, gptq, scale, held_out) < 0.7 * output_error(w, nearest, scale, held_out)
+
+
+def reference_gptq(w, cov, scale, qmax, damping):
+    """GPTQ as written in the paper, one damping, one column at a time (no lazy blocks): the reference."""
+    order = np.argsort(-np.diag(cov), kind="stable")
+    w, h = w[:, order].astype(np.float64), cov[np.ix_(order, order)].astype(np.float64)
+    dead = np.diag(h) <= 0
+    h[dead, dead], w[:, dead] = 1.0, 0.0
+    h += damping * np.mean(np.diag(h)) * np.eye(len(h))
+    upper = np.linalg.cholesky(np.linalg.inv(h)).T
+    q = np.zeros(w.shape, np.int64)
+    for i in range(w.shape[1]):
+        q[:, i] = np.clip(np.rint(w[:, i] / scale), -qmax, qmax)
+        err = (w[:, i] - q[:, i] * scale) / upper[i, i]
+        w[:, i:] -= np.outer(err, upper[i, i:])
+    return q[:, np.argsort(order)]
+
+
+def test_gptq_for_all_dampings_at_once_equals_one_damping_at_a_time():
+    rng = np.random.default_rng(8)
+    w = rng.normal(size=(24, 300))  # 300 columns: three lazy blocks, the last one partial
+    scale = np.abs(w).max(axis=1) / 64
+    cov = np.cov(correlated_inputs(2000, 300, 9).T, bias=True)
+    cov[7], cov[:, 7] = 0.0, 0.0  # a dead input: its weights round to 0
+    dampings = (0.01, 0.1, 1.0)
+    together = round_gptq_dampings(w, cov, scale, 64, dampings)
+    assert together.shape == (3, 24, 300) and together.dtype == np.int64 and not together[:, :, 7].any()
+    for damping, q in zip(dampings, together):
+        assert np.array_equal(q, round_gptq(w, cov, scale, 64, damping))
+        assert np.array_equal(q, reference_gptq(w, cov, scale, 64, damping))
+    assert not np.array_equal(together[0], together[2])  # the dampings do lead to different integers
+
+
+def test_inverse_cholesky_factors_the_damped_inverse():
+    rng = np.random.default_rng(10)
+    h = np.cov(correlated_inputs(500, 150, 11).T, bias=True)
+    shifts = [0.01 * np.mean(np.diag(h)), 1.0]
+    upper = inverse_cholesky(h, shifts)
+    for shift, u in zip(shifts, upper):
+        assert np.allclose(u, np.linalg.cholesky(np.linalg.inv(h + shift * np.eye(150))).T, rtol=1e-9, atol=1e-9)
+    lower = np.tril(rng.normal(size=(2, 150, 150))) + 20 * np.eye(150)
+    assert np.allclose(lower_inverse(lower) @ lower, np.eye(150), atol=1e-12)
 
 
 def test_choose_rounding_keeps_nearest_where_gptq_does_not_generalise():

@@ -64,7 +64,7 @@ def test_topk_correct_matches_argmax_for_k1():
 
 
 def test_topk_correct_validates():
-    with pytest.raises(ConfigError, match="k must be a positive int, got 0"):
+    with pytest.raises(ConfigError, match="k must be an int >= 1, got 0"):
         topk_correct(np.zeros((2, 3)), np.zeros(2, dtype=int), 0)
     with pytest.raises(ValueError, match=r"need logits \[N, C\] and labels \[N\]"):
         topk_correct(np.zeros((2, 3)), np.zeros(3, dtype=int), 1)
@@ -112,7 +112,7 @@ def test_evaluate_limit_and_unlabeled(colour_dir):
 
 
 def test_evaluate_rejects_bad_limit(colour_dir):
-    with pytest.raises(ConfigError, match="limit must be a positive int or None, got 0"):
+    with pytest.raises(ConfigError, match="limit must be an int >= 1, got 0"):
         evaluate(tiny_model(), ImageDataset(colour_dir), PRE, limit=0, progress=False)
 
 
