@@ -197,7 +197,7 @@ class Replay:
     loss: float | None
 
 
-def replay(measured: Measured, strategy: str, max_drop: float, max_evals: int = 20) -> Replay:
+def replay(measured: Measured, search, max_drop: float, max_evals: int = 20) -> Replay:
     """The search as ``auto_calibrate`` runs it: float model, all-int8, then the strategy with each
     distinct configuration evaluated once and at most ``max_evals`` evaluations in all."""
     budget = Budget(max_drop)
@@ -214,7 +214,7 @@ def replay(measured: Measured, strategy: str, max_drop: float, max_evals: int = 
         final = frozenset()
     else:
         try:
-            final = REPLAYED[strategy](list(measured.ranking), step)
+            final = search(list(measured.ranking), step)
         except BudgetExhausted:
             final = None
         if final is None:  # the run keeps the best passing configuration found
@@ -246,7 +246,7 @@ def main() -> None:
             n = len(measured.ranking)
             for max_drop in budgets:
                 for strategy in args.strategies.split(","):
-                    run = replay(measured, strategy, max_drop, args.max_evals)
+                    run = replay(measured, REPLAYED[strategy], max_drop, args.max_evals)
                     passing = sum(ok for _, ok in run.steps)
                     int8 = "-" if run.final is None else f"{n - len(run.final)}/{n}"
                     loss = "-" if run.loss is None else f"{run.loss:.4f}"

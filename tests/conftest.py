@@ -86,3 +86,22 @@ def real_calibration(real_model_path, real_data, tmp_path_factory):
     from nbquant.calibration.run import calibrate
     save_dir = tmp_path_factory.mktemp("real_run")
     return calibrate(real_model_path, real_data, save_dir=save_dir, progress=False)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache(tmp_path_factory):
+    """Nothing a test runs reads or fills the user's cache (see nbquant.cache): session fixtures get one
+    of their own."""
+    before = os.environ.get("NBQUANT_CACHE_DIR")
+    os.environ["NBQUANT_CACHE_DIR"] = str(tmp_path_factory.mktemp("session_cache"))
+    yield
+    if before is None:
+        os.environ.pop("NBQUANT_CACHE_DIR", None)
+    else:
+        os.environ["NBQUANT_CACHE_DIR"] = before
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache(tmp_path_factory, monkeypatch):
+    """Each test starts with an empty cache, so it sees the cold path unless it warms a cache itself."""
+    monkeypatch.setenv("NBQUANT_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))

@@ -16,7 +16,7 @@ does not predict it (0.08): the other 49 layers' noise drowns one layer's share.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import onnx
@@ -33,8 +33,11 @@ from ..graph.helpers import node_by_name, set_bias
 from ..quantize.fake_quant import make_fake_quant_model
 from ..quantize.graph_edit import GraphEdit
 from ..quantize.layer_quant import LayerQuant
+from .ranking_subgraphs import chunks, group_model, has_subgraphs
 
 RANKING_COLUMNS = ["rank", "layer", "op", "score", "metric"]
+GROUP_LAYERS = 8  # one-layer models per group model: fewer sessions and float passes vs. memory (measured below)
+GROUP_BYTES = 64 << 20  # stacked outputs of a group model in one batch, at most
 
 
 def shadow_model(model: onnx.ModelProto, quant: dict[str, LayerQuant]) -> tuple[onnx.ModelProto, list]:
@@ -92,23 +95,46 @@ DISTANCES: dict[str, Callable] = {
 
 
 def output_scores(model, quant, images, batch_size: int = 16, progress: bool = True,
-                  output_qparams: dict | None = None, pool=None, distance: str = "kl") -> dict:
+                  output_qparams: dict | None = None, pool=None, distance: str = "kl",
+                  group_layers: int = GROUP_LAYERS) -> dict:
     """``exp(-KL)`` of the model output with each layer alone quantized (as in the fake-quant model:
     input, weight and output; ``output_qparams`` is a calibrator's ``tensor_qparams_``), against the
-    float output (``distance="cosine"``: their mean cosine similarity). ``pool``: the one-layer models
-    run side by side on its workers (``images`` are then ImageFiles), with the same scores."""
+    float output (``distance="cosine"``: their mean cosine similarity). ``pool``: the models run side
+    by side on its workers (``images`` are then ImageFiles), with the same scores. The one-layer
+    models run ``group_layers`` at a time as group models (:mod:`.ranking_subgraphs`), which give
+    their outputs for a fraction of the work."""
     if output_qparams is None:
         raise ConfigError("output sensitivity needs output_qparams (a fitted calibrator's tensor_qparams_)")
     if pool is not None:
         images, reference = reference_outputs(model, images, batch_size, pool, simulate=True)
     else:
         reference = next(outputs_of([model], images, batch_size, simulate=True))
-    alone = (Derived(model, make_fake_quant_model, ({name: quant[name]}, output_qparams)) for name in quant)
-    outputs = outputs_of(alone, images, batch_size, pool, simulate=True)
+    if has_subgraphs(model):
+        outputs = one_layer_outputs(model, quant, images, batch_size, output_qparams, pool)
+    else:  # a group's stacked outputs are at most GROUP_BYTES a batch (large outputs: fewer layers a group)
+        size = max(1, min(group_layers, GROUP_BYTES // max(1, reference[:1].nbytes * batch_size)))
+        outputs = grouped_outputs(model, quant, images, batch_size, output_qparams, pool, size)
     score = DISTANCES[distance]
     return {name: score(reference, logits)
             for name, logits in zip(quant, tqdm(outputs, total=len(quant), desc="rank (output)",
                                                 disable=not progress))}
+
+
+def one_layer_outputs(model, quant, images, batch_size: int, output_qparams: dict, pool=None) -> Iterator[np.ndarray]:
+    """The first output of each whole one-layer fake-quant model, in ``quant`` order: what the group
+    models give, and how models with subgraphs rank."""
+    alone = (Derived(model, make_fake_quant_model, ({name: quant[name]}, output_qparams)) for name in quant)
+    return outputs_of(alone, images, batch_size, pool, simulate=True)
+
+
+def grouped_outputs(model, quant, images, batch_size: int, output_qparams: dict, pool=None,
+                    size: int = GROUP_LAYERS) -> Iterator[np.ndarray]:
+    """The same outputs as :func:`one_layer_outputs`, from group models of ``size`` layers each."""
+    groups = (Derived(model, group_model, ({name: quant[name] for name in names}, output_qparams))
+              for names in chunks(quant, size))
+    for stacked in outputs_of(groups, images, batch_size, pool, simulate=True):
+        for k in range(stacked.shape[1]):
+            yield np.ascontiguousarray(stacked[:, k])
 
 
 METHODS: dict[str, Callable] = {"output": output_scores, "cosine": cosine_scores}
