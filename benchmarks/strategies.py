@@ -1,21 +1,21 @@
 """Fallback search strategies replayed on measured metrics: evaluations, layers in int8, passing steps.
 
-Run: python benchmarks/strategies.py [--models lite0,lite1,lite2,minilm] [--targets auto,portable]
-[--max-drops 0.001,0.002] [--strategies refine,refine-v1,binary,greedy] [--cache /tmp/nbquant-strategies]
+Run: python benchmarks/strategies.py [--models lite0,lite1,lite2,minilm,minilm-static] [--targets auto,portable]
+[--max-drops 0.001,0.002] [--strategies refine,frugal,binary,greedy] [--cache /tmp/nbquant-strategies]
 (lite0 is $NBQUANT_MODEL / $NBQUANT_DATA, else the shared model and photos; lite1 and lite2 are
 built from their pip weights with ``nbquant.zoo`` and run on the same photos; minilm is
-all-MiniLM-L6-v2 on 600 tokenized sentences, half calibration, half evaluation, cosine metric).
+all-MiniLM-L6-v2 on 600 tokenized sentences of 128 tokens, half calibration, half evaluation, cosine
+metric, with dynamic MatMul inputs, the default, or static ones, ``--matmul-inputs static``).
 
 Each (model, target) is calibrated and ranked once, as ``auto_calibrate`` does; every configuration
 a strategy asks for is then evaluated in full (no early decision) with the real evaluator on the
 model the search judges, and its metric kept in ``<cache>/<model>-<target>.json``. Every strategy
 and budget replays on the same measured metrics, as the run would (the float model and the all-int8
 model first, ``max_evals`` 20), and only configurations never measured cost time.
-Per (model, target, budget, strategy): evaluations (as ``len(result.history)``), passing search
-steps (the ones that run every image; failing ones stop early in a real run), layers in int8,
-the final loss and the ranks of the layers left in float. ``refine-v1`` is the ``refine`` of
-nbquant 0.x before issue 18 (doubling, bisection, give-back), kept here for comparison.
-The header names this CPU's int8 verdict.
+Per (model, target, budget, strategy): evaluations (as ``len(result.history)``), passing ones
+(all-int8 included: they run every image, while failing ones stop early in a real run), layers in
+int8, the final loss and the ranks of the layers left in float; then totals per strategy. The
+header names this CPU's int8 verdict.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from nbquant.files import atomic_write_json, read_json
 from nbquant.graph.prepare import prepare_model
 from nbquant.search.auto import AutoSettings, auto_calibrate
 from nbquant.search.steps import choose_judge, config_model
-from nbquant.search.strategies import STRATEGIES, BudgetExhausted, give_back
+from nbquant.search.strategies import STRATEGIES, BudgetExhausted
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 IMAGE_BUDGETS = (0.001, 0.002, 0.003, 0.005, 0.01)
@@ -46,34 +46,12 @@ COSINE_BUDGETS = (0.002, 0.005, 0.01)
 VERSION = 1
 
 
-def search_refine_v1(ranked: list[str], check) -> frozenset | None:
-    """``refine`` before issue 18: doubling of k, bisection of k, then give-back from the prefix."""
-    n = len(ranked)
-    low, high, k = 0, None, 1
-    while k < n:
-        if check(frozenset(ranked[:k])):
-            high = k
-            break
-        low, k = k, 2 * k
-    if high is None:
-        if low >= n - 1 or not check(frozenset(ranked[:n - 1])):
-            return None
-        high = n - 1
-    while high - low > 1:
-        mid = (low + high) // 2
-        if check(frozenset(ranked[:mid])):
-            high = mid
-        else:
-            low = mid
-    return give_back(list(reversed(ranked[:high])), check)
-
-
-REPLAYED = {**STRATEGIES, "refine-v1": search_refine_v1}
 
 
 # ---- the models: (float model path, evaluation data, calibration data, calibration settings) ----
 
 def lite(variant: str, cache: Path):
+    """EfficientNet-Lite: the shared Lite0, or Lite1/Lite2 built into ``cache``, on the shared photos."""
     if variant == "lite0":
         shared = SHARED / "models" / "efficientnet_lite0.onnx"
         model = settings.model_path() if "NBQUANT_MODEL" in os.environ else shared
@@ -88,6 +66,7 @@ def lite(variant: str, cache: Path):
 
 
 def minilm(cache: Path, dynamic: bool):
+    """all-MiniLM-L6-v2 built into ``cache``; sentences alternately calibration and evaluation."""
     from nbquant.files import save_model
     from nbquant.zoo import build_minilm, encode_sentences, sample_sentences
     model = cache / "all_minilm_l6_v2.onnx"
@@ -111,6 +90,7 @@ MODELS = {
 # ---- measured metrics, kept per (model, target) ----
 
 def key(float_layers) -> str:
+    """A configuration's key in the cache file: its float layers, sorted, joined by ``|``."""
     return "|".join(sorted(float_layers))
 
 
@@ -224,39 +204,70 @@ def replay(measured: Measured, search, max_drop: float, max_evals: int = 20) -> 
     return Replay([(s, ok) for s, (ok, _) in seen.items()], final, loss)
 
 
+def ranks_text(ranks: list[int]) -> str:
+    """``[1, 2, 3, 7]`` -> ``#1-#3, #7``."""
+    runs: list[list[int]] = []
+    for r in sorted(ranks):
+        if runs and r == runs[-1][-1] + 1:
+            runs[-1].append(r)
+        else:
+            runs.append([r])
+    return ", ".join(f"#{run[0]}" if len(run) == 1 else f"#{run[0]}-#{run[-1]}" for run in runs) or "none"
+
+
+def report(name: str, target: str, measured: Measured, budgets, strategies, max_evals: int, steps: bool,
+           totals: dict) -> None:
+    """One table row per budget and strategy (and its steps when asked); adds to ``totals``."""
+    rank = {layer: i + 1 for i, layer in enumerate(measured.ranking)}
+    n = len(measured.ranking)
+    for max_drop in budgets:
+        for strategy in strategies:
+            run = replay(measured, STRATEGIES[strategy], max_drop, max_evals)
+            evaluations, passing = 1 + len(run.steps), sum(ok for _, ok in run.steps)
+            int8 = "-" if run.final is None else f"{n - len(run.final)}/{n}"
+            loss = "-" if run.loss is None else f"{run.loss:.4f}"
+            holds = "-" if run.loss is None else ("yes" if run.loss <= max_drop + 1e-12 else "no")
+            ranks = "-" if run.final is None else ranks_text([rank[x] for x in run.final])
+            print(f"| {name} | {target} | {max_drop:g} | {strategy} | {evaluations} | {passing} | {int8} | {loss} | "
+                  f"{holds} | {ranks} |", flush=True)
+            if steps:
+                for s, ok in run.steps:
+                    print(f"|  |  |  | step | {'ok' if ok else 'not ok'} | {measured.metrics[key(s)]:.4f} | "
+                          f"{len(s)} in float | | | {ranks_text([rank[x] for x in s])} |")
+            t = totals.setdefault(strategy, [0, 0, 0, 0, 0])
+            t[0] += 1
+            t[1] += evaluations
+            t[2] = max(t[2], evaluations)
+            t[3] += evaluations > 10
+            t[4] += passing
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="lite0", help=f"comma-separated, from {', '.join(MODELS)}")
     p.add_argument("--targets", default="auto,portable")
     p.add_argument("--max-drops", default=None, help="comma-separated (default: per model)")
-    p.add_argument("--strategies", default="refine-v1,refine")
+    p.add_argument("--strategies", default="refine,frugal", help=f"comma-separated, from {', '.join(STRATEGIES)}")
     p.add_argument("--max-evals", type=int, default=20)
     p.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "nbquant-strategies")
     p.add_argument("--steps", action="store_true", help="also print each run's steps")
     args = p.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
+    strategies = args.strategies.split(",")
     print(f"machine: {machine()}; cache {args.cache}")
-    print("| model | target | max drop | strategy | evaluations | passing | int8 | loss | float layers (rank) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| model | target | max drop | strategy | evaluations | passing | int8 | loss | holds | "
+          "float layers (rank) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    totals: dict[str, list[int]] = {}
     for name in args.models.split(","):
         budgets = [float(d) for d in args.max_drops.split(",")] if args.max_drops else MODELS[name][1]
         for target in args.targets.split(","):
             measured = Measured.load(name, target, args.cache)
-            rank = {layer: i + 1 for i, layer in enumerate(measured.ranking)}
-            n = len(measured.ranking)
-            for max_drop in budgets:
-                for strategy in args.strategies.split(","):
-                    run = replay(measured, REPLAYED[strategy], max_drop, args.max_evals)
-                    passing = sum(ok for _, ok in run.steps)
-                    int8 = "-" if run.final is None else f"{n - len(run.final)}/{n}"
-                    loss = "-" if run.loss is None else f"{run.loss:.4f}"
-                    ranks = "-" if run.final is None else ", ".join(f"#{r}" for r in sorted(rank[x] for x in run.final))
-                    print(f"| {name} | {target} | {max_drop:g} | {strategy} | {1 + len(run.steps)} | {passing} | "
-                          f"{int8} | {loss} | {ranks or 'none'} |", flush=True)
-                    if args.steps:
-                        for s, ok in run.steps:
-                            ranks = ",".join(str(r) for r in sorted(rank[x] for x in s))
-                            print(f"    {'ok ' if ok else 'bad'} {measured.metrics[key(s)]:.4f} [{ranks}]")
+            report(name, target, measured, budgets, strategies, args.max_evals, args.steps, totals)
+    print("\n| strategy | runs | evaluations (mean) | most | runs over 10 | passing (mean) |")
+    print("|---|---|---|---|---|---|")
+    for strategy, (runs, evaluations, most, over, passing) in totals.items():
+        print(f"| {strategy} | {runs} | {evaluations / runs:.1f} | {most} | {over} | {passing / runs:.1f} |")
 
 
 if __name__ == "__main__":

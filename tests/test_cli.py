@@ -43,8 +43,8 @@ def received(monkeypatch):
     import nbquant.search.auto
     seen = {}
 
-    def calibrate(model, data, save_dir, settings, config, preprocess):
-        seen.update(save_dir=save_dir, calib_settings=settings, preprocess=preprocess)
+    def calibrate(model, data, save_dir, settings, config, preprocess, cache=True):
+        seen.update(save_dir=save_dir, calib_settings=settings, preprocess=preprocess, cache=cache)
         raise ConfigError("stopped by the test")
 
     def auto_calibrate(model, data, **kwargs):
@@ -124,3 +124,4 @@ def test_size_flags_change_what_the_model_gives(received, tmp_path, images):
         run("calibrate", tmp_path / "m.onnx", "--data", images, *flags)
         assert (received["preprocess"].crop, received["preprocess"].resize) == sizes
     assert received["preprocess"].mean == (0.485, 0.456, 0.406)
+

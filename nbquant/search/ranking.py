@@ -12,11 +12,14 @@ On the shared EfficientNet-Lite0 (benchmarks/ranking_quality.py) ``output`` on 6
 predicts the measured effect of each layer's fallback (1000 images) with Spearman 0.63,
 ``cosine`` with 0.28; measuring the fallback itself from the all-int8 model on 64 images
 does not predict it (0.08): the other 49 layers' noise drowns one layer's share.
+The one-layer models of ``output`` run as group models (:mod:`.ranking_subgraphs`, :mod:`.ranking_groups`):
+each computes from its layer's input on, with the whole one-layer model's outputs (bit-identical on
+Lite0), for about a third of the CPU time (benchmarks/ranking_speed.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import onnx
@@ -28,16 +31,15 @@ from ..data.pixel_cache import CachedImages
 from ..errors import ConfigError
 from ..evaluation.metrics import cosine_similarity, mean_kl
 from ..evaluation.session import feed, make_session
-from ..evaluation.shards import Derived, outputs_of, reference_outputs
+from ..evaluation.shards import outputs_of, reference_outputs
 from ..graph.helpers import node_by_name, set_bias
-from ..quantize.fake_quant import make_fake_quant_model
 from ..quantize.graph_edit import GraphEdit
 from ..quantize.layer_quant import LayerQuant
-from .ranking_subgraphs import chunks, group_model, has_subgraphs
+from .ranking_groups import GROUP_LAYERS, grouped_outputs, one_layer_outputs
+from .ranking_subgraphs import has_subgraphs
 
 RANKING_COLUMNS = ["rank", "layer", "op", "score", "metric"]
-GROUP_LAYERS = 8  # one-layer models per group model: fewer sessions and float passes vs. memory (measured below)
-GROUP_BYTES = 64 << 20  # stacked outputs of a group model in one batch, at most
+GROUP_BYTES = 64 << 20  # a group model's stacked outputs in one batch, at most
 
 
 def shadow_model(model: onnx.ModelProto, quant: dict[str, LayerQuant]) -> tuple[onnx.ModelProto, list]:
@@ -118,23 +120,6 @@ def output_scores(model, quant, images, batch_size: int = 16, progress: bool = T
     return {name: score(reference, logits)
             for name, logits in zip(quant, tqdm(outputs, total=len(quant), desc="rank (output)",
                                                 disable=not progress))}
-
-
-def one_layer_outputs(model, quant, images, batch_size: int, output_qparams: dict, pool=None) -> Iterator[np.ndarray]:
-    """The first output of each whole one-layer fake-quant model, in ``quant`` order: what the group
-    models give, and how models with subgraphs rank."""
-    alone = (Derived(model, make_fake_quant_model, ({name: quant[name]}, output_qparams)) for name in quant)
-    return outputs_of(alone, images, batch_size, pool, simulate=True)
-
-
-def grouped_outputs(model, quant, images, batch_size: int, output_qparams: dict, pool=None,
-                    size: int = GROUP_LAYERS) -> Iterator[np.ndarray]:
-    """The same outputs as :func:`one_layer_outputs`, from group models of ``size`` layers each."""
-    groups = (Derived(model, group_model, ({name: quant[name] for name in names}, output_qparams))
-              for names in chunks(quant, size))
-    for stacked in outputs_of(groups, images, batch_size, pool, simulate=True):
-        for k in range(stacked.shape[1]):
-            yield np.ascontiguousarray(stacked[:, k])
 
 
 METHODS: dict[str, Callable] = {"output": output_scores, "cosine": cosine_scores}

@@ -19,7 +19,6 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..graph.helpers import consumers
 from ..quantize.fake_quant import make_fake_quant_model
 from ..quantize.graph_edit import upgrade_opset
 from ..quantize.layer_quant import LayerQuant
@@ -39,7 +38,10 @@ class FloatGraph:
     def __init__(self, model: onnx.ModelProto):
         self.model = model
         self.nodes = list(model.graph.node)
-        self.readers = consumers(model)
+        self.readers: dict[str, set[int]] = {}  # tensor -> positions of the nodes that read it
+        for position, node in enumerate(self.nodes):
+            for t in node.input:
+                self.readers.setdefault(t, set()).add(position)
         self.initializers = {init.name: init for init in model.graph.initializer}
         self.constant_nodes = {node.output[0]: node for node in self.nodes if node.op_type == "Constant"}
         graph = model.graph
@@ -49,10 +51,10 @@ class FloatGraph:
 
     def region(self, tensor: str) -> list[onnx.NodeProto]:
         """The readers of ``tensor`` and every node downstream of them, in graph order."""
-        seeds = {id(node) for node in self.readers.get(tensor, [])}
+        seeds = self.readers.get(tensor, set())
         produced, nodes = set(), []
-        for node in self.nodes:
-            if id(node) in seeds or any(t in produced for t in node.input):
+        for position, node in enumerate(self.nodes):
+            if position in seeds or any(t in produced for t in node.input):
                 nodes.append(node)
                 produced.update(node.output)
         return nodes
@@ -140,7 +142,7 @@ def group_model(model: onnx.ModelProto, quant: dict[str, LayerQuant], output_qpa
     graph = FloatGraph(model)
     first = model.graph.output[0].name
     regions, stacked, needed = [], [], set()
-    own = graph.unique_prefix("ranking")
+    own = graph.unique_prefix("ranking")  # the group's own names: the stacking axis and output
     for name, lq in quant.items():
         region, cut = graph.region_model(graph.region(lq.layer.input))
         prefix = graph.unique_prefix(f"{name}/alone")
@@ -171,8 +173,7 @@ def _assemble(graph: FloatGraph, nodes: list[onnx.NodeProto], regions: list[Rena
                                             [None] * (len(first.shape.dim) + 1))
     value_info = [v for v in model.graph.value_info if v.name in produced]
     value_info += [v for r in regions for v in r.value_info]
-    out = graph.wrap(helper.make_graph(nodes, f"{model.graph.name}/ranking", inputs,
-                                       [stacked], initializers,
+    out = graph.wrap(helper.make_graph(nodes, f"{model.graph.name}/ranking", inputs, [stacked], initializers,
                                        value_info=value_info))
     helper.set_model_props(out, {SIMULATE_KEY: "1"})
     onnx.checker.check_model(out)
@@ -180,6 +181,11 @@ def _assemble(graph: FloatGraph, nodes: list[onnx.NodeProto], regions: list[Rena
 
 
 def chunks(names: Iterable[str], size: int) -> list[list[str]]:
-    """``names`` cut into runs of ``size``, in order."""
+    """``names`` cut, in order, into the fewest runs of at most ``size``, as even as they come.
+
+    >>> chunks("abcdefg", 3)
+    [['a', 'b'], ['c', 'd'], ['e', 'f', 'g']]
+    """
     names = list(names)
-    return [names[i:i + size] for i in range(0, len(names), size)]
+    count = -(-len(names) // size)
+    return [names[i * len(names) // count:(i + 1) * len(names) // count] for i in range(count)]
