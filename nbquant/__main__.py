@@ -1,4 +1,4 @@
-"""TODO"""
+"""`python -m nbquant`: the command line (see nbquant.cli)."""
 
 
 import sys

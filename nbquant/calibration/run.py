@@ -209,7 +209,7 @@ def calibrate(model, data, save_dir=None, settings: CalibrationSettings | None =
     """Calibrate every layer of ``model`` on ``calib_num`` images of ``data`` spread over it.
 
     ``data``: an image folder or :class:`ImageDataset`, or arrays for models that do not take
-    images (a ``.npz``/``.npy`` file, a dict of arrays, input dicts: see :func:`~nbquant.tensor_data.open_data`).
+    images (a ``.npz``/``.npy`` file, a dict of arrays, input dicts: see :func:`~nbquant.data.tensors.open_data`).
     ``config`` (QuantConfig or config.json path) may disable layers or change methods.
     With ``save_dir`` the run folder is written (results/, tmp/, log/), all or nothing.
     ``cache``: True (the user's cache folder, see :mod:`nbquant.cache`), a folder, a

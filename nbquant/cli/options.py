@@ -84,7 +84,8 @@ def add_calib_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--batch-size", type=int, default=default.batch_size,
                        help="images per batch, calibrating and evaluating (default %(default)s)")
     add_choice(group, "--act-method", [m.value for m in ActMethod], default.act_method.value,
-            {"mse": "the best output fidelity measured on EfficientNet-Lite0 (see README)"}, "activation clipping")
+            {"mse": "the best output fidelity measured on EfficientNet-Lite0 (docs/benchmarks.md)"},
+            "activation clipping")
     group.add_argument("--symmetric", action="store_true", default=default.symmetric,
                        help="symmetric int8 activations (default: asymmetric uint8)")
     add_choice(group, "--matmul-inputs", ["dynamic", "static"], "dynamic" if default.dynamic else "static",

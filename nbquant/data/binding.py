@@ -55,7 +55,7 @@ def check_preprocess(model: onnx.ModelProto, pre: Preprocess, where: str) -> Non
 def bind_data(prepared: PreparedModel, data, preprocess=None) -> tuple[ImageDataset | TensorDataset,
                                                                       Preprocess | None]:
     """(data, preprocessing) checked against the model: images get their Preprocess (see
-    :func:`resolve_preprocess`); arrays (:class:`~nbquant.tensor_data.TensorDataset`) are matched to the
+    :func:`resolve_preprocess`); arrays (:class:`~nbquant.data.tensors.TensorDataset`) are matched to the
     model's inputs by name and need none."""
     data = open_data(data)
     if isinstance(data, TensorDataset):

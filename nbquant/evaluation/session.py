@@ -58,7 +58,7 @@ def make_session(model: str | os.PathLike | onnx.ModelProto,
 
 def feed(session: ort.InferenceSession, batch) -> dict:
     """The input dict of one run: ``batch`` itself when it is one (arrays by input name, see
-    :mod:`nbquant.tensor_data`), else an image batch for the first input."""
+    :mod:`nbquant.data.tensors`), else an image batch for the first input."""
     return batch if isinstance(batch, dict) else {session.get_inputs()[0].name: batch}
 
 

@@ -113,7 +113,7 @@ def _submit(model, images: ImageFiles, plan, pool, simulate, keep, first: int = 
 
 def _shard_inputs(images, indices: np.ndarray):
     """What a worker needs for the samples at ``indices``: their image paths (it decodes them), or, for
-    arrays (:class:`~nbquant.tensor_data.TensorDataset`), the feed dict itself."""
+    arrays (:class:`~nbquant.data.tensors.TensorDataset`), the feed dict itself."""
     if isinstance(images, ImageFiles):
         return [images.paths[i] for i in indices]
     return images.gather(indices)

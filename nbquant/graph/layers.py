@@ -144,7 +144,7 @@ def float_op_table(model: onnx.ModelProto) -> pd.DataFrame:
             continue
         if node.op_type == "MatMul" and not any(i in values for i in node.input):
             reason = ("activation x activation (e.g. attention): kept float; in int8 it was not reliably "
-                      "faster on MiniLM (README, Bring your own model)")
+                      "faster on MiniLM (docs/models.md)")
         elif node.op_type in LAYER_OPS:
             reason = "weight is not a constant (or Gemm with transA/alpha/beta): not quantized"
         else:
