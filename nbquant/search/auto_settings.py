@@ -17,7 +17,7 @@ class AutoSettings:
 
     max_drop: float = 0.005
     relative: bool = False
-    strategy: str = "frugal"
+    strategy: str = "refine"
     sensitivity: str = "output"
     max_evals: int = 20
     eval_num: int | None = None
