@@ -131,7 +131,7 @@ def fit_calibrator(prepared: PreparedModel, data: ImageDataset | TensorDataset, 
     """Every layer calibrated on ``data``: the statistics of one float pass and GPTQ's roundings come from
     ``cache`` when the model, the images and the settings that change them are the same, else they are
     computed (and stored). Returns the calibrator and the key naming it, for the results derived from it."""
-    cache = cache if cache is not None else Cache(enabled=False)
+    cache = open_cache(cache)
     stats_key = make_key("calibration-statistics", prepared.model, fingerprint(data), pre, settings.bins,
                          settings.batch_size)
     rounding_key = make_key("weight-rounding", stats_key, config)

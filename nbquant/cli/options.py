@@ -84,12 +84,12 @@ def add_calib_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--batch-size", type=int, default=default.batch_size,
                        help="images per batch, calibrating and evaluating (default %(default)s)")
     add_choice(group, "--act-method", [m.value for m in ActMethod], default.act_method.value,
-            {"mse": "the best output fidelity measured on EfficientNet-Lite0 (docs/benchmarks.md)"},
-            "activation clipping")
+               {"mse": "the best output fidelity measured on EfficientNet-Lite0 (docs/benchmarks.md)"},
+               "activation clipping")
     group.add_argument("--symmetric", action="store_true", default=default.symmetric,
                        help="symmetric int8 activations (default: asymmetric uint8)")
     add_choice(group, "--matmul-inputs", ["dynamic", "static"], "dynamic" if default.dynamic else "static",
-            MATMUL_INPUTS_HELP)
+               MATMUL_INPUTS_HELP)
     group.add_argument("--per-tensor", dest="per_channel", action="store_false", default=default.per_channel,
                        help="one weight scale per tensor (default: per output channel)")
     group.add_argument("--no-bias-correction", dest="bias_correction", action="store_false",
@@ -97,7 +97,7 @@ def add_calib_args(parser: argparse.ArgumentParser) -> None:
                        help="keep the model's biases (default: correct the mean shift weight rounding causes)")
     group.add_argument("--config", help="a config.json (e.g. an edited tmp/config.json of an earlier run)")
     add_choice(group, "--deploy-target", [m.value for m in DeployTarget], default.deploy_target.value,
-            DEPLOY_TARGET_HELP)
+               DEPLOY_TARGET_HELP)
 
 
 def calib_settings_from(args: argparse.Namespace):

@@ -14,7 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ..cache import Cache, make_key
+from ..cache import Cache, CacheKey, make_key
 from ..data.binding import fingerprint
 from ..data.images import ImageDataset
 from ..data.pixel_cache import CachedImages, cache_images
@@ -29,14 +29,15 @@ from .shards import ImageFiles, batch_plan, collect, reference_outputs, run_plan
 
 
 def decoded_images(data: ImageDataset, pre: Preprocess, path: Path | None, progress: bool,
-                   cache: Cache | None) -> CachedImages:
+                   cache: Cache | None, data_key: CacheKey | None = None) -> CachedImages:
     """``data`` decoded once into uint8 pixels: from ``cache`` when these files were decoded before with this
-    preprocessing, else into the file ``path`` (or memory) and, when it fits, into the cache."""
+    preprocessing, else into the file ``path`` (or memory) and, when it fits, into the cache. ``data_key``:
+    the data's fingerprint key, when the caller has it already."""
     fits = cache is not None and cache.enabled and len(data) * pre.crop * pre.crop * 3 < cache.max_bytes // 4
     if not fits:
         with timed("decoding images"):
             return cache_images(data, pre, path, progress=progress, desc="decode evaluation images")
-    key = make_key("pixels", fingerprint(data), pre)
+    key = make_key("pixels", data_key or make_key("data", fingerprint(data)), pre)
     index = cache.get(make_key("pixels-index", key))
     pixels = cache.get(key, mmap=True) if index is not None else None
     if pixels is not None and len(pixels) == len(index["files"]):
@@ -76,6 +77,7 @@ class LogitEvaluator:
         self.images_: ImageDataset | TensorDataset | ImageFiles | None = None  # set by prepare
         self.reference_: np.ndarray | None = None
         self.order_: np.ndarray | None = None
+        self.data_key_: CacheKey | None = None  # the data's fingerprint, set by prepare when a cache is used
         self._float_model = None
         if isinstance(metric, str) and metric not in METRICS:
             raise ConfigError(f"metric must be one of {', '.join(METRICS)} or a callable, got {metric!r}")
@@ -93,15 +95,17 @@ class LogitEvaluator:
         """Decode the images once, compute the float model's outputs once and fix the order images
         are run in (see :attr:`order_`). With an executor the workers decode their own shards;
         arrays need no decoding (``pre`` None) and travel with each shard."""
+        cached = cache is not None and cache.enabled
+        self.data_key_ = make_key("data", fingerprint(self.data)) if cached else None  # stats every file once
         if isinstance(self.data, TensorDataset):
             self.images_ = self.data
         elif self.pool is None:
-            self.images_ = decoded_images(self.data, pre, cache_file, progress, cache)
+            self.images_ = decoded_images(self.data, pre, cache_file, progress, cache, self.data_key_)
         else:
             self.images_ = ImageFiles.of(self.data, pre)
         key = None
-        if cache is not None and cache.enabled and self.pool is None:
-            key = make_key("float-outputs", float_model, fingerprint(self.data), pre, self.batch_size)
+        if cached and self.pool is None:
+            key = make_key("float-outputs", float_model, self.data_key_, pre, self.batch_size)
             self.reference_ = cache.get(key)
         if self.reference_ is None:
             with timed("float reference pass"):
@@ -121,7 +125,8 @@ class LogitEvaluator:
         size and run order; None for a callable metric, which nbquant cannot fingerprint."""
         if not isinstance(self.metric, str) or self.images_ is None:
             return None
-        return (fingerprint(self.data), self.metric, self.batch_size, self.order_)
+        data_key = self.data_key_ or make_key("data", fingerprint(self.data))
+        return (data_key, self.metric, self.batch_size, self.order_)
 
     def logits(self, model, simulate: bool | None = None) -> np.ndarray:
         """The model's first output for every image, in file order (run in :attr:`order_`)."""
