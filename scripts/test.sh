@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh dev,zoo,text,notebooks,browser,dask
+.venv/bin/ruff check nbquant tests benchmarks scripts
 exec .venv/bin/python -m pytest -q "$@"
