@@ -22,8 +22,8 @@ MATMUL_INPUTS_HELP = {"dynamic": "MatMul layers (transformers) quantize their in
 METRIC_HELP = {"top1": "needs labels, the default with labels", "agreement": "of the top-1, the default for "
                "unlabeled images", "kl": "minus the mean softmax KL", "cosine": "mean cosine similarity of the "
                "outputs (e.g. embeddings), the default for arrays"}
-STRATEGY_HELP = {"frugal": "at most 10 evaluations: doubling, small tail probes, budgeted give-back",
-                 "refine": "doubling + bisection, then put layers back when the target holds",
+STRATEGY_HELP = {"frugal": "doubling, short tail probes, then layers back to int8 until --max-evals is spent",
+                 "refine": "doubling + bisection, then layers back to int8 (up to about 20 evaluations)",
                  "binary": "the reference tool's prefix bisection", "greedy": "one layer at a time"}
 SENSITIVITY_HELP = {"output": "model-output effect of each layer's fallback", "cosine": "the reference tool's "
                     "per-layer metric"}

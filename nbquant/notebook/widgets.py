@@ -9,6 +9,7 @@ import html
 import pandas as pd
 
 from ..errors import NbquantError
+from ..search.auto_settings import AutoSettings
 from ..search.retarget import FallbackExplorer, SearchAnswer
 from ..search.strategies import STRATEGIES
 from .plots import figure_png, plot_search_history
@@ -22,7 +23,7 @@ class FallbackWidget:
     """
 
     def __init__(self, explorer: FallbackExplorer, max_drop: float = 0.01, relative: bool = False,
-                 strategy: str = "refine", max_target: float = 0.05):
+                 strategy: str = AutoSettings.strategy, max_target: float = 0.05):
         w = _ipywidgets()
         self.explorer = explorer
         self.target = w.FloatSlider(value=max_drop, min=0.0, max=max_target, step=max_target / 100,

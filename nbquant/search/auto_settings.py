@@ -17,9 +17,9 @@ class AutoSettings:
 
     max_drop: float = 0.005
     relative: bool = False
-    strategy: str = "refine"
+    strategy: str = "frugal"
     sensitivity: str = "output"
-    max_evals: int = 20
+    max_evals: int = 10  # every model evaluated, the float and all-int8 ones included
     eval_num: int | None = None
     rank_num: int = 32
     metric: str | None = None  # built-in evaluator: top1 when labeled, else agreement (images) or cosine (arrays)

@@ -17,6 +17,7 @@ from ..calibration.calibrator import Calibrator
 from ..errors import ConfigError, NotFittedError
 from ..evaluation.evaluators import LogitEvaluator
 from ..evaluation.metrics import METRICS, Budget
+from .auto_settings import AutoSettings
 from .steps import config_model
 from .strategies import STRATEGIES
 
@@ -105,7 +106,7 @@ class FallbackExplorer:
             self.evaluations_ += 1
         return cache[float_layers]
 
-    def search(self, max_drop: float, relative: bool = False, strategy: str = "refine") -> SearchAnswer:
+    def search(self, max_drop: float, relative: bool = False, strategy: str = AutoSettings.strategy) -> SearchAnswer:
         """The float set ``strategy`` settles on for this target (all int8 when that passes)."""
         if strategy not in STRATEGIES:
             raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")

@@ -166,9 +166,13 @@ class StepEvaluator:
         try:
             found = STRATEGIES[strategy](ranked, self.check)
         except BudgetExhausted:
-            log.warning("evaluation budget of %d spent; keeping the best passing configuration found",
-                        self.max_evals)
-            found = None
+            found = self.best_passing()
+            if found is None:
+                log.warning("evaluation budget of %d spent before any configuration passed", self.max_evals)
+            else:
+                log.info("evaluation budget of %d spent; keeping the best passing configuration found (%d in "
+                         "float)", self.max_evals, len(found))
+            return found
         return found if found is not None else self.best_passing()
 
     def close(self) -> None:

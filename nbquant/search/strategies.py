@@ -67,7 +67,7 @@ def search_greedy(ranked: list[str], check: Check) -> frozenset | None:
 
 
 def search_refine(ranked: list[str], check: Check) -> frozenset | None:
-    """nbquant's default: find a passing prefix fast, then put layers back into int8.
+    """Find a passing prefix fast, bisect it, then put layers back into int8 (up to about 20 evaluations).
 
     1. double k (1, 2, 4, ...) until the k most sensitive layers in float pass;
     2. bisect k between the last failing and the first passing prefix;
@@ -129,24 +129,30 @@ def grow_prefix(ranked: list[str], check: Check) -> int | None:
     return None
 
 
-def search_frugal(ranked: list[str], check: Check, *, max_checks: int = 8, probe_below: int = 8) -> frozenset | None:
-    """At most ``max_checks`` evaluations (more only while no configuration has passed yet): the run's
-    whole search then takes ``max_checks`` + 2 with the float and all-int8 models.
+def search_frugal(ranked: list[str], check: Check, *, max_checks: int | None = None,
+                  probe_below: int = 8) -> frozenset | None:
+    """nbquant's default: a passing set within a few evaluations, then as many layers back in int8 as the
+    evaluation budget allows (``check`` raising :class:`BudgetExhausted` ends it; ``max_checks`` limits
+    it here too, though never below what step 1 needs).
 
     1. double k (1, 2, 4, ...) until the k most sensitive layers in float pass;
     2. when k <= ``probe_below``, try the last of them alone, then the last two: a short passing prefix
        says few layers matter, and where the metric is noisy (top-1 on 1000 images moves by a
        few images from one configuration to the next) such small sets often pass;
-    3. give back (:func:`give_back`) from the smallest set passing so far, until the checks are spent,
-       without evaluating a trial whose layers in float are all in float in a configuration that
-       failed (the doubling's shorter prefixes, say).
-    No bisection: the give-back's first trials are the bisection's prefixes anyway.
+    3. give back (:func:`give_back`) from the smallest set passing so far, without evaluating a trial
+       whose layers in float are all in float in a configuration that failed (the doubling's shorter
+       prefixes, say).
+    No bisection: the give-back's first trials are the bisection's prefixes anyway. With the run's
+    default budget of 10 evaluations (8 here after the float and all-int8 models) it keeps 48 of
+    Lite0's 50 layers in int8 at max drop 0.002; with a larger budget the give-back goes on until it
+    has isolated the layers that must stay in float.
     """
     limited = LimitedCheck(check)
     k = grow_prefix(ranked, limited)
     if k is None:
         return None
-    limited.limit = max(max_checks, len(limited.asked))
+    if max_checks is not None:
+        limited.limit = max(max_checks, len(limited.asked))
     position = {layer: i for i, layer in enumerate(ranked)}
     best = frozenset(ranked[:k])
     try:
@@ -159,5 +165,5 @@ def search_frugal(ranked: list[str], check: Check, *, max_checks: int = 8, probe
     return give_back(sorted(best, key=position.get, reverse=True), limited, limited.implied_failing)
 
 
-STRATEGIES: dict[str, Callable] = {"refine": search_refine, "frugal": search_frugal, "binary": search_binary,
+STRATEGIES: dict[str, Callable] = {"frugal": search_frugal, "refine": search_refine, "binary": search_binary,
                                    "greedy": search_greedy}

@@ -13,7 +13,7 @@ from nbquant.search.auto import AutoSettings
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"strategy": "random"}, "strategy must be one of refine, frugal, binary, greedy, got 'random'"),
+    ({"strategy": "random"}, "strategy must be one of frugal, refine, binary, greedy, got 'random'"),
     ({"sensitivity": "hessian"}, "sensitivity must be one of output, cosine"),
     ({"max_drop": -0.1}, "max_drop must be a number >= 0, got -0.1"),
     ({"max_drop": float("nan")}, "max_drop must be a number >= 0"),
