@@ -1,14 +1,18 @@
-"""Full auto calibration runs on the real model: wall time, evaluations, layers in int8, top-1.
+"""Full auto calibration runs on the real model: wall time, evaluations, layers in int8, top-1, stages.
 
 Run: python benchmarks/auto_calibration.py  (NBQUANT_MODEL / NBQUANT_DATA; 100 calibration
-images, every image for evaluation). Settings: per-channel weights at max drop 0.002 with the
-default strategy and with `binary`, per-tensor weights at 0.01, each with the deploy target
-auto picks for this CPU; the -portable and -full settings force one. Add --settings to choose.
+images, every image for evaluation). Settings (``--settings``, comma-separated, run in that order):
+per-channel weights at max drop 0.002 and 0.005 with the default strategy, on the deploy target
+auto picks for this CPU or a forced one (-portable, -full), `binary`, per-tensor weights at 0.01.
+Each run starts with an empty cache (cold) unless its name ends in ``-warm``: it then reuses the
+cache of the run before it with the same weights and target (a new budget after a first run, as a
+notebook user moving the slider gets). Per run: one summary row, then its seconds per stage.
 The header names this CPU's int8 flags and probe verdict.
 """
 
 from __future__ import annotations
 
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -20,44 +24,68 @@ from nbquant.data.images import ImageDataset
 from nbquant.evaluation.accuracy import evaluate
 from nbquant.search.auto import AutoSettings, auto_calibrate
 
-SETTINGS = {  # per-channel, max drop, strategy, sensitivity, deploy target
-    "pc-0.002": (True, 0.002, "refine", "output", "auto"),
-    "pc-0.002-portable": (True, 0.002, "refine", "output", "portable"),
-    "pc-0.002-full": (True, 0.002, "refine", "output", "full"),
+SETTINGS = {  # per-channel, max drop, strategy (None: the default), sensitivity, deploy target
+    "pc-0.002": (True, 0.002, None, "output", "auto"),
+    "pc-0.002-portable": (True, 0.002, None, "output", "portable"),
+    "pc-0.002-full": (True, 0.002, None, "output", "full"),
+    "pc-0.002-refine": (True, 0.002, "refine", "output", "auto"),
     "pc-0.002-binary": (True, 0.002, "binary", "output", "auto"),
     "pc-0.002-binary-cosine": (True, 0.002, "binary", "cosine", "auto"),
-    "pc-0.005": (True, 0.005, "refine", "output", "auto"),
-    "pc-0.005-portable": (True, 0.005, "refine", "output", "portable"),
-    "pt-0.01": (False, 0.01, "refine", "output", "auto"),
+    "pc-0.005": (True, 0.005, None, "output", "auto"),
+    "pc-0.005-portable": (True, 0.005, None, "output", "portable"),
+    "pt-0.01": (False, 0.01, None, "output", "auto"),
 }
+DEFAULT = "pc-0.002,pc-0.005-warm,pc-0.005,pc-0.002-portable,pc-0.005-portable-warm,pt-0.01"
+
+
+def lookup(name: str):
+    """The settings of ``name`` (a SETTINGS key, optionally with ``-warm``) and whether it is warm."""
+    warm = name.endswith("-warm")
+    key = name[:-len("-warm")] if warm else name
+    if key not in SETTINGS:
+        raise SystemExit(f"unknown setting {name!r}; choose from {', '.join(SETTINGS)} (each may end in -warm)")
+    return SETTINGS[key], warm
 
 
 def main() -> None:
     p = parser(__doc__)
-    p.add_argument("--settings", default="pc-0.002,pc-0.002-portable,pc-0.002-binary,pt-0.01",
-                   help=f"comma-separated, from {', '.join(SETTINGS)}")
+    p.add_argument("--settings", default=DEFAULT, help=f"comma-separated, from {', '.join(SETTINGS)}, "
+                   "each optionally with -warm")
+    p.add_argument("--no-stages", action="store_true", help="summary rows only")
     args = p.parse_args()
     model_path, data_dir = model_and_data(args)
     data = ImageDataset(data_dir)
     print(f"machine: {machine()}; {len(data)} evaluation images, 100 calibration images")
-    print(f"{'setting':24s} {'met':>4s} {'int8':>6s} {'evals':>5s} {'wall s':>7s} {'float':>6s} "
-          f"{'final':>6s} {'deploy':>6s}  layers in float")
-    for name in args.settings.split(","):
-        per_channel, max_drop, strategy, sensitivity, target = SETTINGS[name]
-        with tempfile.TemporaryDirectory() as tmp:
-            start = time.perf_counter()
-            result = auto_calibrate(model_path, data, save_dir=Path(tmp),
-                                    settings=AutoSettings(max_drop=max_drop, strategy=strategy,
-                                                          sensitivity=sensitivity),
-                                    calib_settings=CalibrationSettings(per_channel=per_channel, deploy_target=target),
-                                    progress=False)
-            wall = time.perf_counter() - start
-            deploy = (evaluate(result.paths.deploy_model, data, progress=False).top1 if result.ok else float("nan"))
-        n = len(result.ranking)
-        print(f"{name:24s} {str(result.ok):>4s} {n - len(result.float_layers):>3d}/{n:<2d} "
-              f"{result.evaluations:5d} {wall:7.1f} {result.original_metric:6.3f} "
-              f"{result.final_metric if result.ok else float('nan'):6.3f} {deploy:6.3f}  "
-              f"{', '.join(result.float_layers) if result.ok else '-'}", flush=True)
+    header = (f"{'setting':24s} {'met':>4s} {'int8':>6s} {'evals':>5s} {'wall s':>7s} {'float':>6s} "
+              f"{'final':>6s} {'deploy':>6s}  layers in float")
+    caches: dict[tuple, Path] = {}
+    with tempfile.TemporaryDirectory() as root:
+        for number, name in enumerate(args.settings.split(",")):
+            (per_channel, max_drop, strategy, sensitivity, target), warm = lookup(name)
+            group = (per_channel, target)
+            if not warm or group not in caches:
+                caches[group] = Path(root) / f"cache-{number}"
+            auto = AutoSettings(max_drop=max_drop, sensitivity=sensitivity,
+                                **({"strategy": strategy} if strategy else {}))
+            with tempfile.TemporaryDirectory() as tmp:
+                start = time.perf_counter()
+                result = auto_calibrate(model_path, data, save_dir=Path(tmp), settings=auto, cache=caches[group],
+                                        calib_settings=CalibrationSettings(per_channel=per_channel,
+                                                                           deploy_target=target),
+                                        progress=False)
+                wall = time.perf_counter() - start
+                deploy = (evaluate(result.paths.deploy_model, data, progress=False).top1 if result.ok
+                          else float("nan"))
+            n = len(result.ranking)
+            print(header)
+            print(f"{name:24s} {str(result.ok):>4s} {n - len(result.float_layers):>3d}/{n:<2d} "
+                  f"{result.evaluations:5d} {wall:7.1f} {result.original_metric:6.3f} "
+                  f"{result.final_metric if result.ok else float('nan'):6.3f} {deploy:6.3f}  "
+                  f"{', '.join(result.float_layers) if result.ok else '-'}", flush=True)
+            if not args.no_stages:
+                print(result.stage_times.to_string(index=False), "\n", flush=True)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS of this process: {peak:.0f} MiB")
 
 
 if __name__ == "__main__":
