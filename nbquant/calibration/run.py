@@ -125,6 +125,12 @@ def with_weight_ranges(config: QuantConfig, base: QuantConfig) -> QuantConfig:
     return replace(config, layers=layers, deploy_target=base.deploy_target)
 
 
+# Bump when the code changes what the statistics or the roundings are: cached ones of the old code are then
+# never reused (every result derived from a calibration, the ranking and the evaluations, is keyed on these).
+STATISTICS_VERSION = 1
+ROUNDING_VERSION = 2  # 2: vectorized GPTQ candidates (issue 18)
+
+
 def fit_calibrator(prepared: PreparedModel, data: ImageDataset | TensorDataset, pre: Preprocess | None,
                    settings: CalibrationSettings, config: QuantConfig, progress: bool = True,
                    cache: Cache | None = None) -> tuple[Calibrator, CacheKey]:
@@ -132,9 +138,9 @@ def fit_calibrator(prepared: PreparedModel, data: ImageDataset | TensorDataset, 
     ``cache`` when the model, the images and the settings that change them are the same, else they are
     computed (and stored). Returns the calibrator and the key naming it, for the results derived from it."""
     cache = open_cache(cache)
-    stats_key = make_key("calibration-statistics", prepared.model, fingerprint(data), pre, settings.bins,
-                         settings.batch_size)
-    rounding_key = make_key("weight-rounding", stats_key, config)
+    stats_key = make_key("calibration-statistics", STATISTICS_VERSION, prepared.model, fingerprint(data), pre,
+                         settings.bins, settings.batch_size)
+    rounding_key = make_key("weight-rounding", ROUNDING_VERSION, stats_key, config)
     gptq = settings.weight_rounding is WeightRounding.GPTQ
     stored, roundings = cache.get(stats_key), cache.get(rounding_key) if gptq else None
     if stored is None or (gptq and roundings is None):
