@@ -16,7 +16,6 @@ from nbquant.search.strategies import (
     search_refine,
 )
 
-
 RUN_CHECKS = AutoSettings().max_evals - 2  # a run's default budget, less the float and all-int8 models
 
 
