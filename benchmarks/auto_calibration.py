@@ -6,7 +6,9 @@ per-channel weights at max drop 0.002 and 0.005 with the default strategy, on th
 auto picks for this CPU or a forced one (-portable, -full), `binary`, per-tensor weights at 0.01.
 Each run starts with an empty cache (cold) unless its name ends in ``-warm``: it then reuses the
 cache of the run before it with the same weights and target (a new budget after a first run, as a
-notebook user moving the slider gets). Per run: one summary row, then its seconds per stage.
+notebook user moving the slider gets). Per run: one summary row (int8: layers in plain int8; b1 ms:
+the final model's latency at batch 1, predicted by the search's cost table / measured), then its
+seconds per stage.
 The header names this CPU's int8 flags and probe verdict.
 """
 
@@ -57,7 +59,7 @@ def main() -> None:
     data = ImageDataset(data_dir)
     print(f"machine: {machine()}; {len(data)} evaluation images, 100 calibration images")
     header = (f"{'setting':24s} {'met':>4s} {'int8':>6s} {'evals':>5s} {'wall s':>7s} {'float':>6s} "
-              f"{'final':>6s} {'deploy':>6s}  layers in float")
+              f"{'final':>6s} {'deploy':>6s} {'b1 ms':>11s}  layers in float (other states)")
     caches: dict[tuple, Path] = {}
     with tempfile.TemporaryDirectory() as root:
         for number, name in enumerate(args.settings.split(",")):
@@ -77,11 +79,14 @@ def main() -> None:
                 deploy = (evaluate(result.paths.deploy_model, data, progress=False).top1 if result.ok
                           else float("nan"))
             n = len(result.ranking)
+            latency = result.latency or {}
+            others = "".join(f", {layer} ({state})" for layer, state in result.states.items())
             print(header)
-            print(f"{name:24s} {str(result.ok):>4s} {n - len(result.float_layers):>3d}/{n:<2d} "
+            print(f"{name:24s} {str(result.ok):>4s} {n - len(result.float_layers) - len(result.states):>3d}/{n:<2d} "
                   f"{result.evaluations:5d} {wall:7.1f} {result.original_metric:6.3f} "
-                  f"{result.final_metric if result.ok else float('nan'):6.3f} {deploy:6.3f}  "
-                  f"{', '.join(result.float_layers) if result.ok else '-'}", flush=True)
+                  f"{result.final_metric if result.ok else float('nan'):6.3f} {deploy:6.3f} "
+                  f"{latency.get('predicted_ms', float('nan')):5.2f}/{latency.get('measured_ms', float('nan')):5.2f}  "
+                  f"{', '.join(result.float_layers) if result.ok else '-'}{others}", flush=True)
             if not args.no_stages:
                 print(result.stage_times.to_string(index=False), "\n", flush=True)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -31,6 +31,7 @@ _API = {
     # quantize
     "probe_int8": "quantize.cpu_probe", "DeployTarget": "quantize.deploy_target",
     "make_deploy_model": "quantize.deploy", "make_fake_quant_model": "quantize.fake_quant",
+    "LayerState": "quantize.layer_quant", "make_state_model": "quantize.layer_states",
     # data
     "ImageDataset": "data.images", "TensorDataset": "data.tensors", "open_data": "data.tensors",
     "Preprocess": "data.preprocess", "get_preset": "data.preprocess", "resolve_preprocess": "data.binding",
@@ -38,13 +39,15 @@ _API = {
     # evaluation
     "evaluate": "evaluation.accuracy", "predictions": "evaluation.accuracy", "make_session": "evaluation.session",
     "LogitEvaluator": "evaluation.evaluators", "Evaluator": "evaluation.evaluators", "Budget": "evaluation.metrics",
-    "open_pool": "evaluation.executors",
+    "open_pool": "evaluation.executors", "measure_latency": "evaluation.latency", "cost_table": "evaluation.latency",
+    "predict_latency": "evaluation.latency_model",
     # calibration
     "calibrate": "calibration.run", "CalibrationSettings": "calibration.run", "CalibrationResult": "calibration.run",
     "QuantConfig": "calibration.config", "ActMethod": "calibration.config", "WeightRounding": "calibration.config",
+    "Equalize": "calibration.equalization",
     # search
     "auto_calibrate": "search.auto", "AutoSettings": "search.auto", "AutoCalibrationResult": "search.auto",
-    "rank_layers": "search.ranking", "ranking_pairs": "search.ranking",
+    "rank_layers": "search.ranking", "ranking_pairs": "search.ranking", "Objective": "search.objective",
     "load_record": "search.record", "load_ranking": "search.record",
     "FallbackExplorer": "search.retarget", "explorer_from_auto_result": "search.retarget",
     # notebook

@@ -59,6 +59,17 @@ def need_text_packages() -> None:
             _missing(f"{module} is not installed; scripts/setup.sh dev,text")
 
 
+def need_ocr_package() -> None:
+    """Skip (fail where CI demands the real data) unless rapidocr-onnxruntime, whose text detector the zoo
+    reads (the ocr extra), is installed."""
+    from nbquant.errors import ModelError
+    from nbquant.zoo import find_text_detector
+    try:
+        find_text_detector()
+    except ModelError as exc:
+        _missing(f"{exc}; scripts/setup.sh dev,ocr")
+
+
 @pytest.fixture(scope="session")
 def real_data() -> ImageDataset:
     """The real image folder as an ImageDataset; skips when NBQUANT_DATA does not point at one."""

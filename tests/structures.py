@@ -192,3 +192,25 @@ def text_samples(n: int, seed: int = 0) -> dict[str, np.ndarray]:
 
 STRUCTURES = {"mobilenet_v2_opset11": mobilenet_v2, "resnet_style": resnet, "vit_blocks": vit,
               "nhwc_input": nhwc, "softmax_output": softmax_output}
+
+
+def probability_map(seed: int = 0, size: tuple | None = None, threshold: str | None = None) -> onnx.ModelProto:
+    """A DBNet-like dense model: Conv stride 2, Relu, Conv, ConvTranspose back to the input size, Sigmoid: a
+    [N, 1, H, W] probability map; H and W free unless ``size`` (height, width) fixes them; ``threshold``:
+    the map threshold recorded in the metadata (nbquant.map_threshold)."""
+    b = Builder(seed, 13)
+    x = b.node("Relu", [b.conv("x", 3, 8, 3, 2)])
+    x = b.node("Relu", [b.conv(x, 8, 8, 3)])
+    w = b.rng.normal(0, 0.5, (8, 1, 2, 2)).astype(np.float32)
+    x = b.node("ConvTranspose", [x, b.const(w, "w"), b.const(np.array([0.0], np.float32))], strides=[2, 2])
+    b.node("Sigmoid", [x])
+    b.nodes[-1].output[0] = "y"
+    dims = ["N", 3, *(size or ("H", "W"))]
+    graph = helper.make_graph(b.nodes, "probability_map", [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1, *dims[2:]])], b.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 7
+    if threshold is not None:
+        model.metadata_props.add(key="nbquant.map_threshold", value=threshold)
+    onnx.checker.check_model(model, full_check=True)
+    return model

@@ -78,3 +78,56 @@ def shape_reads_layer_input_model(seed: int = 0) -> onnx.ModelProto:
     }
     """
     return _with_weights(text, {"w1": rng.normal(0, 0.5, (8, 8)), "w2": rng.normal(0, 0.5, (8, 6))})
+
+
+def conv_chain_model(seed: int = 0) -> onnx.ModelProto:
+    """Conv(3->8, 3x3) -> Relu -> pointwise Conv(8->8) -> Relu -> Conv(8->8, 3x3) -> Relu -> GlobalAveragePool
+    -> Flatten -> Gemm(8->5, transB): a chain in which each layer reads the one before it."""
+    rng = np.random.default_rng(seed)
+    text = """
+    <ir_version: 8, opset_import: ["" : 13]>
+    g (float[N, 3, 8, 8] x) => (float[N, 5] y) {
+        c1 = Conv <pads = [1, 1, 1, 1], kernel_shape = [3, 3]> (x, w1, b1)
+        r1 = Relu (c1)
+        c2 = Conv <kernel_shape = [1, 1]> (r1, w2, b2)
+        r2 = Relu (c2)
+        c3 = Conv <pads = [1, 1, 1, 1], kernel_shape = [3, 3]> (r2, w3, b3)
+        r3 = Relu (c3)
+        p = GlobalAveragePool (r3)
+        f = Flatten (p)
+        y = Gemm <transB = 1> (f, wg, bg)
+    }
+    """
+    return _with_weights(text, {"w1": rng.normal(0, 0.5, (8, 3, 3, 3)), "b1": rng.normal(0, 0.1, 8),
+                                "w2": rng.normal(0, 0.5, (8, 8, 1, 1)), "b2": rng.normal(0, 0.1, 8),
+                                "w3": rng.normal(0, 0.3, (8, 8, 3, 3)), "b3": rng.normal(0, 0.1, 8),
+                                "wg": rng.normal(0, 1, (5, 8)), "bg": rng.normal(0, 0.1, 5)})
+
+
+def relu6_chain_model(seed: int = 0, opset: int = 13) -> onnx.ModelProto:
+    """Conv(3->6, 3x3) -> ReLU6 -> depthwise Conv(6, 3x3) -> Relu -> Conv(6->4, 1x1): channel ranges
+    spread over three orders of magnitude, one depthwise channel with a high bias."""
+    rng = np.random.default_rng(seed)
+    clip = "Clip <min = 0.0, max = 6.0> (c1)" if opset < 11 else "Clip (c1, zero, six)"
+    text = f"""
+    <ir_version: {6 if opset < 11 else 8}, opset_import: ["" : {opset}]>
+    g (float[N, 3, 8, 8] x) => (float[N, 4, 8, 8] y) {{
+        c1 = Conv <pads = [1, 1, 1, 1], kernel_shape = [3, 3]> (x, w1, b1)
+        a1 = {clip}
+        c2 = Conv <pads = [1, 1, 1, 1], kernel_shape = [3, 3], group = 6> (a1, w2, b2)
+        a2 = Relu (c2)
+        y = Conv <kernel_shape = [1, 1]> (a2, w3, b3)
+    }}
+    """
+    model = parser.parse_model(text)
+    for node, name in zip(model.graph.node, ("c1", "a1", "c2", "a2", "c3")):
+        node.name = name
+    out_scale = np.array([0.01, 0.1, 1.0, 3.0, 0.3, 0.05])[:, None, None, None]
+    weights = {"w1": rng.normal(0, 1, (6, 3, 3, 3)) * out_scale, "b1": rng.normal(0, 0.5, 6),
+               "w2": rng.normal(0, 1, (6, 1, 3, 3)) / np.sqrt(out_scale), "b2": np.array([50.0, 0.1, 0, 0.2, 0, 0]),
+               "w3": rng.normal(0, 1, (4, 6, 1, 1)), "b3": rng.normal(0, 0.1, 4)}
+    if opset >= 11:
+        weights.update(zero=np.array(0.0), six=np.array(6.0))
+    model.graph.initializer.extend(numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items())
+    onnx.checker.check_model(model)
+    return model

@@ -99,9 +99,10 @@ def test_defaults_make_the_default_settings(received, model_file, images):
 
 def test_every_calibration_option_reaches_the_settings(received, model_file, images, tmp_path):
     flags = ["--calib-num", 4, "--batch-size", 5, "--act-method", "kl", "--symmetric", "--matmul-inputs", "static",
-             "--per-tensor", "--no-bias-correction", "--deploy-target", "portable"]
+             "--per-tensor", "--no-bias-correction", "--deploy-target", "portable", "--equalize", "off"]
     expected = CalibrationSettings(calib_num=4, batch_size=5, act_method="kl", symmetric=True, dynamic=False,
-                                   per_channel=False, bias_correction=False, deploy_target="portable")
+                                   per_channel=False, bias_correction=False, deploy_target="portable",
+                                   equalize="off")
     run("calibrate", model_file, "--data", images, "--save-dir", tmp_path / "out", *flags)
     assert received["calib_settings"] == expected and received["save_dir"] == tmp_path / "out"
     run("auto-calibrate", model_file, "--data", images, *flags, "--max-drop", 0.01, "--relative", "--strategy",

@@ -12,6 +12,7 @@ import pandas as pd
 
 from ..errors import ConfigError, NotFittedError
 from ..evaluation.session import feed
+from ..graph.equalization import spread
 from ..graph.helpers import attribute, constants, copy_model
 from ..graph.layers import Layer, find_layers, post_layer_tensor
 from ..quantize.layer_quant import LayerQuant
@@ -87,8 +88,9 @@ class Calibrator:
     ``table_`` is a DataFrame. :meth:`with_config` gives the same fit for another set of enabled layers.
     """
 
-    def __init__(self, config: QuantConfig):
+    def __init__(self, config: QuantConfig, equalization: pd.DataFrame | None = None):
         self.config = config
+        self.equalization = equalization  # what cross-layer equalization changed, per layer (table columns)
 
     def __repr__(self) -> str:
         return f"Calibrator(layers={len(self.config.layers)}, enabled={len(self.config.enabled)})"
@@ -124,14 +126,17 @@ class Calibrator:
         self.table_ = pd.DataFrame([
             _table_row(lq.layer, self.config.layers[name], lq, self.observers_[lq.layer.input], self._values)
             for name, lq in self.layer_quant_.items()])
+        self.table_ = with_equalization(self.table_, self.equalization)
         return self
 
     def with_config(self, config: QuantConfig) -> Calibrator:
         """A fitted copy for ``config``, which may differ from this one only in which layers are
-        enabled: nothing is recomputed (the scales and integer weights do not depend on it)."""
+        enabled and in their precision: nothing is recomputed (the scales and integer weights do not
+        depend on it)."""
         for name, layer in config.layers.items():
-            if replace(layer, enabled=True) != replace(self.config.layers[name], enabled=True):
-                raise ConfigError(f"with_config: layer {name!r} differs in more than quant_enable; "
+            if replace(layer, enabled=True, precision=None) != \
+                    replace(self.config.layers[name], enabled=True, precision=None):
+                raise ConfigError(f"with_config: layer {name!r} differs in more than quant_enable and precision; "
                                   "fit a new Calibrator")
         copy = Calibrator(config)
         copy.__dict__.update({k: v for k, v in self.__dict__.items() if k != "config"})
@@ -149,7 +154,9 @@ class Calibrator:
             w_fq = dequantize(weight_q, weight, layer.weight_axis)
             bias = self._corrected_bias(layer, w_fq, values, group)
         dynamic = settings.activation.dynamic and layer.op == "MatMul" and w.ndim == 2
-        return LayerQuant(layer, activation, weight, weight_q, clip, bias, rounding, dynamic)
+        observer = self.observers_[layer.input]  # its observed range: what 16-bit activations span
+        return LayerQuant(layer, activation, weight, weight_q, clip, bias, rounding, dynamic,
+                          (float(observer.min_), float(observer.max_)))
 
     def _round_weight(self, layer: Layer, w: np.ndarray, weight: QParams, rounding: WeightRounding):
         """Integer weights and how they were rounded (GPTQ where asked for and its statistics exist)."""
@@ -212,5 +219,18 @@ def _table_row(layer: Layer, settings, quant: LayerQuant, observer: HistogramObs
         "weight_rounding": quant.rounding,
         "weight_scale_min": float(weight_scale.min()), "weight_scale_max": float(weight_scale.max()),
         "weight_channels": int(weight_scale.size),
+        "weight_spread": spread(values[layer.weight], layer.weight_axis),
         "bias_shift_max": float(np.max(np.abs(quant.bias - old_bias))) if quant.bias is not None else 0.0,
     }
+
+
+def with_equalization(table: pd.DataFrame, equalization: pd.DataFrame | None) -> pd.DataFrame:
+    """The layer table with ``weight_spread_before`` (before cross-layer equalization; ``weight_spread`` is
+    what was quantized), ``equalized_with`` and the scales and absorbed biases where it changed a layer."""
+    if equalization is None or table.empty:
+        return table
+    extra = equalization.drop(columns=["weight_spread_after"])
+    out = table.merge(extra, on="layer", how="left")
+    out["weight_spread_before"] = out["weight_spread_before"].fillna(out["weight_spread"])
+    out["equalized_with"] = out["equalized_with"].fillna("")
+    return out.fillna({"cle_scale_min": 1.0, "cle_scale_max": 1.0, "bias_absorbed_max": 0.0})

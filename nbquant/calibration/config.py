@@ -5,6 +5,11 @@ The JSON layout is the reference tool's (global keys ``version``, ``batch_num``,
 so a file edited by the user, or written by the reference tool, is read back here.
 nbquant adds the global ``deploy_target`` and each layer's ``weight_max`` (largest |integer
 weight|): they are written for the record and decided by the run's deploy target, not read.
+The global ``cross_layer_equalization`` (nbquant's) says whether the float model was equalized
+before calibrating (:mod:`nbquant.calibration.equalization`); a file that sets it is followed.
+A layer's ``precision`` (int8, a16w8, dynamic, float, float_raw: see
+:mod:`nbquant.quantize.layer_states`) is written where it was set; files without it read as
+``quant_enable`` says (int8, or dynamic where the MatMul's input is dynamic, else float).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from ..errors import ConfigError
 from ..options import Choice
 from ..quantize.deploy_target import FULL_WEIGHT_MAX, DeployTarget
+from ..quantize.layer_quant import LayerState
 
 log = logging.getLogger(__name__)
 
@@ -90,11 +96,20 @@ class WeightQuant:
 
 @dataclass(frozen=True)
 class LayerConfig:
-    """Whether a layer is quantized, and how."""
+    """Whether a layer is quantized, and how; ``precision`` its state where one was chosen (None: as
+    ``enabled`` says), which must agree with ``enabled``."""
 
     enabled: bool = True
     activation: ActivationQuant = field(default_factory=ActivationQuant)
     weight: WeightQuant = field(default_factory=WeightQuant)
+    precision: LayerState | None = None
+
+    def __post_init__(self):
+        if self.precision is not None:
+            object.__setattr__(self, "precision", LayerState.parse(self.precision, "precision"))
+            if self.precision.quantized != self.enabled:
+                raise ConfigError(f"precision {self.precision.value} needs quant_enable "
+                                  f"{str(self.precision.quantized).lower()}, got {str(self.enabled).lower()}")
 
 
 @dataclass(frozen=True)
@@ -106,6 +121,7 @@ class QuantConfig:
     do_fusion: bool = True
     skip_fusion_layers: tuple[str, ...] = ()
     deploy_target: DeployTarget = DeployTarget.FULL  # resolved: portable or full
+    equalize: bool | None = None  # cross-layer equalization before calibrating (None: as the settings say)
 
     @classmethod
     def default(cls, layer_ops: dict[str, str], activation: ActivationQuant | None = None,
@@ -131,11 +147,27 @@ class QuantConfig:
     def enabled(self) -> list[str]:
         return [name for name, layer in self.layers.items() if layer.enabled]
 
+    @property
+    def states(self) -> dict[str, LayerState]:
+        """The layers whose state the config fixes: each precision that was set, and ``float`` for the
+        other disabled layers (enabled layers without one take the calibrator's: int8 or dynamic)."""
+        return {name: layer.precision or LayerState.FLOAT for name, layer in self.layers.items()
+                if layer.precision is not None or not layer.enabled}
+
+    def with_states(self, states) -> QuantConfig:
+        """Copy with each layer of ``states`` (name -> LayerState or its value) in that state and all
+        others enabled without a fixed precision (``with_float`` for any state)."""
+        self.check_layers(states)
+        parsed = {name: LayerState.parse(state, f"layer {name!r}: precision") for name, state in states.items()}
+        layers = {n: replace(c, enabled=parsed[n].quantized if n in parsed else True, precision=parsed.get(n))
+                  for n, c in self.layers.items()}
+        return replace(self, layers=layers)
+
     def with_float(self, names) -> QuantConfig:
         """Copy with the named layers in float (quant_enable false) and all others enabled."""
         names = set(names)
         self.check_layers(names)
-        layers = {n: replace(c, enabled=n not in names) for n, c in self.layers.items()}
+        layers = {n: replace(c, enabled=n not in names, precision=None) for n, c in self.layers.items()}
         return replace(self, layers=layers)
 
     def check_layers(self, names, source: str = "the config") -> None:
@@ -156,6 +188,7 @@ def config_to_dict(config: QuantConfig) -> dict:
         "do_fusion": config.do_fusion,
         "skip_fusion_layers": list(config.skip_fusion_layers),
         "deploy_target": config.deploy_target.value,
+        "cross_layer_equalization": bool(config.equalize),
     }
     for name, layer in config.layers.items():
         act = layer.activation
@@ -166,6 +199,7 @@ def config_to_dict(config: QuantConfig) -> dict:
             act_params["dynamic"] = True
         out[name] = {
             "quant_enable": layer.enabled,
+            **({"precision": layer.precision.value} if layer.precision is not None else {}),
             "activation_quant_params": act_params,
             "weight_quant_params": {"num_bits": layer.weight.num_bits,
                                     "wts_algo": "arq_quantize" if layer.weight.rounding is WeightRounding.NEAREST
@@ -182,7 +216,7 @@ def config_from_dict(data: dict, base: QuantConfig, source: str = "config") -> Q
     if not isinstance(data, dict):
         raise ConfigError(f"{source} must hold a JSON object, got {type(data).__name__}")
     globals_ = {"version", "batch_num", "activation_offset", "do_fusion", "skip_fusion_layers", "tensor_quantize",
-                "deploy_target"}
+                "deploy_target", "cross_layer_equalization"}
     entries = {k: v for k, v in data.items() if k not in globals_}
     base.check_layers(entries, source)
     asymmetric_default = bool(data.get("activation_offset", True))
@@ -194,16 +228,25 @@ def config_from_dict(data: dict, base: QuantConfig, source: str = "config") -> Q
         log.warning("%s has no entry for %d layers (e.g. %s); they keep the default settings",
                     source, len(missing), missing[0])
     skip = tuple(data.get("skip_fusion_layers", base.skip_fusion_layers))
+    equalize = data.get("cross_layer_equalization", base.equalize)
+    if equalize is not None and not isinstance(equalize, bool):
+        raise ConfigError(f"{source}: cross_layer_equalization must be true or false, got {equalize!r}")
     return QuantConfig(layers, int(data.get("batch_num", base.batch_num)),
-                       bool(data.get("do_fusion", base.do_fusion)), skip, base.deploy_target)
+                       bool(data.get("do_fusion", base.do_fusion)), skip, base.deploy_target, equalize)
 
 
 def _layer_from_dict(entry, base: LayerConfig, asymmetric_default: bool, where: str) -> LayerConfig:
     if not isinstance(entry, dict):
         raise ConfigError(f"{where} must be a JSON object, got {entry!r}")
-    enabled = entry.get("quant_enable", base.enabled)
+    precision = entry.get("precision")
+    if precision is not None:
+        precision = LayerState.parse(precision, f"{where}: precision")
+    enabled = entry.get("quant_enable", precision.quantized if precision is not None else base.enabled)
     if not isinstance(enabled, bool):
         raise ConfigError(f"{where}: quant_enable must be true or false, got {enabled!r}")
+    if precision is not None and precision.quantized != enabled:
+        raise ConfigError(f"{where}: precision {precision.value} needs quant_enable "
+                          f"{str(precision.quantized).lower()}, got {str(enabled).lower()}")
     act = entry.get("activation_quant_params", {})
     wts = entry.get("weight_quant_params", {})
     activation = ActivationQuant(
@@ -217,7 +260,7 @@ def _layer_from_dict(entry, base: LayerConfig, asymmetric_default: bool, where: 
                          int(wts.get("num_bits", base.weight.num_bits)),
                          bool(wts.get("bias_correction", base.weight.bias_correction)), base.weight.weight_max,
                          WeightRounding.parse(wts.get("wts_algo", base.weight.rounding.value), f"{where}: wts_algo"))
-    return LayerConfig(enabled, activation, weight)
+    return LayerConfig(enabled, activation, weight, precision)
 
 
 def _check_bits(bits, what: str) -> None:

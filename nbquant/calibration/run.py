@@ -38,6 +38,7 @@ from .config import (
     config_from_dict,
     config_to_dict,
 )
+from .equalization import Equalize, equalize_prepared
 from .input_covariance import CovarianceObserver, conv_geometry, weight_matrix
 from .stored import pack_roundings, pack_statistics, unpack_roundings, unpack_statistics
 
@@ -50,8 +51,9 @@ DEFAULT_ACT_METHOD = ActMethod.MSE
 class CalibrationSettings:
     """How to calibrate: images used, activation method and symmetry (``dynamic``, the default: MatMul
     inputs quantized on each run, as transformers want; False: calibrated like the others), weight
-    granularity, and the deploy target (which CPUs the deploy model must be exact on; see
-    :mod:`nbquant.deploy_target`)."""
+    granularity, the deploy target (which CPUs the deploy model must be exact on; see
+    :mod:`nbquant.deploy_target`) and cross-layer equalization (``auto``: with per-tensor weights; see
+    :mod:`nbquant.calibration.equalization`)."""
 
     calib_num: int = 100
     act_method: ActMethod = DEFAULT_ACT_METHOD
@@ -63,11 +65,13 @@ class CalibrationSettings:
     deploy_target: DeployTarget = DeployTarget.AUTO
     weight_rounding: WeightRounding = WeightRounding.GPTQ
     dynamic: bool = True  # MatMul layers quantize their input on each run (see ActivationQuant.dynamic)
+    equalize: Equalize = Equalize.AUTO
 
     def __post_init__(self):
         object.__setattr__(self, "act_method", ActMethod.parse(self.act_method))
         object.__setattr__(self, "weight_rounding", WeightRounding.parse(self.weight_rounding))
         object.__setattr__(self, "deploy_target", DeployTarget.parse(self.deploy_target))
+        object.__setattr__(self, "equalize", Equalize.parse(self.equalize))
         for name in ("calib_num", "batch_size", "bins"):
             object.__setattr__(self, name, check_int(name, getattr(self, name)))
 
@@ -103,10 +107,12 @@ def build_config(prepared: PreparedModel, settings: CalibrationSettings, config=
     activation = ActivationQuant(settings.act_method, settings.symmetric, dynamic=settings.dynamic)
     base = QuantConfig.default({layer.name: layer.op for layer in prepared.layers}, activation, settings.per_channel,
                                settings.bias_correction, ranges, target, settings.weight_rounding)
+    base = replace(base, equalize=settings.equalize.resolve(settings.per_channel))
     if config is None:
         return base
     if isinstance(config, QuantConfig):
         base.check_layers(config.layers, "the given config")
+        config = config if config.equalize is not None else replace(config, equalize=base.equalize)
         return with_weight_ranges(config, base)
     path = Path(config)
     if not path.is_file():
@@ -136,8 +142,16 @@ def fit_calibrator(prepared: PreparedModel, data: ImageDataset | TensorDataset, 
                    cache: Cache | None = None) -> tuple[Calibrator, CacheKey]:
     """Every layer calibrated on ``data``: the statistics of one float pass and GPTQ's roundings come from
     ``cache`` when the model, the images and the settings that change them are the same, else they are
-    computed (and stored). Returns the calibrator and the key naming it, for the results derived from it."""
+    computed (and stored). Returns the calibrator and the key naming it, for the results derived from it.
+    With ``config.equalize`` the prepared model is equalized first, in place (what every later stage
+    quantizes; the keys name the equalized model)."""
     cache = open_cache(cache)
+    if config.equalize:
+        with stage("cross-layer equalization", prepared.name):
+            equalize_prepared(prepared, data, pre, settings.batch_size, progress, cache)
+    elif prepared.equalization is not None:
+        raise ConfigError(f"model {prepared.name} is equalized but the config says cross_layer_equalization "
+                          "false: prepare the model anew")
     stats_key = make_key("calibration-statistics", STATISTICS_VERSION, prepared.model, fingerprint(data), pre,
                          settings.bins, settings.batch_size)
     rounding_key = make_key("weight-rounding", ROUNDING_VERSION, stats_key, config)
@@ -151,8 +165,9 @@ def fit_calibrator(prepared: PreparedModel, data: ImageDataset | TensorDataset, 
         histograms, means = unpack_statistics(stored, settings.bins)
         covariances = {}
     with timed("calibrating the layers"), stage("calibrating the layers", prepared.name):
-        calibrator = Calibrator(config).fit(prepared.model, histograms, means, covariances,
-                                            unpack_roundings(roundings) if roundings is not None else None)
+        given = unpack_roundings(roundings) if roundings is not None else None
+        calibrator = Calibrator(config, prepared.equalization).fit(prepared.model, histograms, means, covariances,
+                                                                   given)
     if gptq and roundings is None:
         cache.put(rounding_key, pack_roundings(calibrator.roundings_))
     return calibrator, rounding_key
@@ -212,7 +227,8 @@ def quantize_models(prepared: PreparedModel, calibrator: Calibrator):
 
 def calibrate(model, data, save_dir=None, settings: CalibrationSettings | None = None, config=None,
               preprocess=None, progress: bool = True, cache=True) -> CalibrationResult:
-    """Calibrate every layer of ``model`` on ``calib_num`` images of ``data`` spread over it.
+    """Calibrate every layer of ``model`` on ``calib_num`` images of ``data`` spread over it (after
+    cross-layer equalization where ``settings.equalize`` or the config asks for it).
 
     ``data``: an image folder or :class:`ImageDataset`, or arrays for models that do not take
     images (a ``.npz``/``.npy`` file, a dict of arrays, input dicts: see :func:`~nbquant.data.tensors.open_data`).
@@ -237,10 +253,10 @@ def _calibrate(model, data, save_dir, settings, config, preprocess, progress, ca
     with _maybe_log(paths):
         log.info("int8 on this CPU: %s", probe_int8().describe())
         log.info("preprocessing: %s", describe_preprocess(pre))
-        log.info("calibrating %s: %d layers, %d samples from %s, activations %s%s, weights %s, deploy target %s%s",
+        log.info("calibrating %s: %d layers, %d samples from %s, activations %s%s, weights %s%s, deploy target %s%s",
                  prepared.name, len(prepared.layers), len(calib), dataset.root, settings.act_method.value,
                  " symmetric" if settings.symmetric else "", "per channel" if settings.per_channel else "per tensor",
-                 quant_config.deploy_target.value,
+                 ", cross-layer equalization" if quant_config.equalize else "", quant_config.deploy_target.value,
                  " (auto)" if settings.deploy_target is DeployTarget.AUTO else "")
         calibrator, _ = fit_calibrator(prepared, calib, pre, settings, quant_config, progress, open_cache(cache))
         fake, deploy = quantize_models(prepared, calibrator)

@@ -103,25 +103,44 @@ def cmd_calibrate(args) -> int:
                         ("scales", result.paths.scale_offset_record), ("log", result.paths.log_file)):
         print(f"{label}: {file}")
     print_stage_times(result.stage_times)
-    if args.eval_num != 0 and pre is None:
-        _print_fidelity(result, data, args.eval_num, args.batch_size)
-    elif args.eval_num != 0:
-        for label, model in (("float", result.prepared.model), ("fake-quant", result.fake_quant_model),
-                             ("deploy", result.deploy_model)):
-            r = evaluate(model, data, pre, batch_size=args.batch_size, limit=args.eval_num, progress=False)
-            print(f"top-1 {label}: {r.top1:.4f} (top-5 {r.top5:.4f}, {r.n} images)")
+    if args.eval_num == 0 or ((pre is None or _output_rank(result.prepared.model) > 2)
+                              and _print_fidelity(result, data, pre, args.eval_num, args.batch_size)):
+        return 0
+    for label, model in (("float", result.prepared.model), ("fake-quant", result.fake_quant_model),
+                         ("deploy", result.deploy_model)):
+        r = evaluate(model, data, pre, batch_size=args.batch_size, limit=args.eval_num, progress=False)
+        print(f"top-1 {label}: {r.top1:.4f} (top-5 {r.top5:.4f}, {r.n} images)")
     return 0
 
 
-def _print_fidelity(result, data, limit, batch_size) -> None:
-    """Mean cosine similarity of the fake-quant and deploy models' outputs to the float model's (arrays)."""
+def _output_rank(model) -> int:
+    """The rank of the model's first output (2 for class scores [N, C])."""
+    return len(model.graph.output[0].type.tensor_type.shape.dim)
+
+
+def _print_fidelity(result, data, pre, limit, batch_size) -> bool:
+    """How close the fake-quant and deploy models' outputs are to the float model's, for outputs that are not
+    class scores (arrays, maps): each dense metric's mean and the sample that scores lowest. False (nothing
+    printed) for class scores."""
     from ..evaluation.evaluators import LogitEvaluator
-    data = data.bind(result.prepared.model)
+    from ..evaluation.metrics import SQNR_LIMIT_DB
+    if pre is None:
+        data = data.bind(result.prepared.model)
     data = data.subset(min(limit, len(data))) if limit else data
-    evaluator = LogitEvaluator(data, "cosine", batch_size=batch_size).prepare(result.prepared.model, None,
-                                                                              progress=False)
+    evaluator = LogitEvaluator(data, batch_size=batch_size).prepare(result.prepared.model, pre, progress=False)
+    if evaluator.kind_ == "scores":
+        return False
+    unit = "samples" if pre is None else "images"
+    print(f"\nfidelity to the float model (which scores cosine 1, sqnr {SQNR_LIMIT_DB:g} dB, iou 1); "
+          f"auto-calibrate's default metric here: {evaluator.metric}")
     for label, model in (("fake-quant", result.fake_quant_model), ("deploy", result.deploy_model)):
-        print(f"mean cosine similarity to float, {label}: {evaluator.evaluate(model):.5f} ({len(data)} samples)")
+        frame = evaluator.samples(model)
+        key = "iou" if "iou" in frame else "sqnr_db"
+        worst = frame.loc[frame[key].idxmin()]
+        iou = f", mean iou {frame['iou'].mean():.4f}" if "iou" in frame else ""
+        print(f"mean cosine similarity to float, {label}: {frame['cosine'].mean():.5f} ({len(frame)} {unit}); mean "
+              f"sqnr {frame['sqnr_db'].mean():.2f} dB{iou}; lowest {key}: {worst['file']} ({worst[key]:.4f})")
+    return True
 
 
 def cmd_auto_calibrate(args) -> int:
@@ -147,10 +166,16 @@ def cmd_auto_calibrate(args) -> int:
     finally:
         if pool is not None:
             pool.close()
-    print(result.history.drop(columns=["float_layers"]).to_string(index=False))
+    evaluator = result.evaluator
+    if getattr(evaluator, "metric_why_", None):
+        print(f"metric: {evaluator.metric} ({evaluator.metric_why_})")
+    print(result.history.drop(columns=["float_layers", "states"]).to_string(index=False))
     print(f"\n{result.message}")
     if result.ok:
         print(f"deploy model metric (onnxruntime integer kernels): {result.deploy_metric}")
+        if result.latency:
+            print(f"deploy model latency at batch 1 on this CPU: predicted {result.latency['predicted_ms']:.2f} ms, "
+                  f"measured {result.latency['measured_ms']:.2f} ms")
     judged = "deploy" if result.deploy_evaluations else "fake-quant"
     unit = "samples" if pre is None else "images"
     early = int(result.history["decided_early"].fillna(False).astype(bool).sum())
@@ -191,9 +216,11 @@ def cmd_demo(args) -> int:
 
 def cmd_zoo(args) -> int:
     from ..data.tensors import save_arrays
-    from ..zoo import encode_sentences, sample_sentences, save_minilm, save_model
+    from ..zoo import encode_sentences, sample_sentences, save_minilm, save_model, save_text_detector
     output = Path(args.output) if args.output else Path("model") / f"{args.variant.replace('-', '_')}.onnx"
-    if args.variant == "all-minilm-l6-v2":
+    if args.variant == "pp-ocrv4-det":
+        save_text_detector(output)
+    elif args.variant == "all-minilm-l6-v2":
         save_minilm(output)
         if args.sentences:
             arrays = encode_sentences(sample_sentences(600), 128)

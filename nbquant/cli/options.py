@@ -19,12 +19,21 @@ DEPLOY_TARGET_HELP = {"auto": "full if `nbquant cpu` finds this CPU exact, else 
                       "weights, exact only where this onnxruntime adds in int32 (VNNI, AMX, ARM)"}
 MATMUL_INPUTS_HELP = {"dynamic": "MatMul layers (transformers) quantize their input on each run (onnxruntime's "
                       "DynamicQuantizeMatMul)", "static": "a calibrated range, like Conv and Gemm layers"}
-METRIC_HELP = {"top1": "needs labels, the default with labels", "agreement": "of the top-1, the default for "
-               "unlabeled images", "kl": "minus the mean softmax KL", "cosine": "mean cosine similarity of the "
-               "outputs (e.g. embeddings), the default for arrays"}
+METRIC_HELP = {"top1": "class scores; needs labels, the default with labels", "agreement": "of the top-1, the default "
+               "for class scores without labels", "kl": "minus the mean softmax KL", "cosine": "mean cosine "
+               "similarity of the outputs, the default for outputs that are neither class scores nor maps (e.g. "
+               "embeddings)", "sqnr": "mean per-sample signal-to-error power in dB (60 = no error)", "iou": "mean "
+               "IoU of the thresholded map with the float model's, the default for maps; iou@T: threshold T "
+               "(default: the model's metadata, else 0.5 for probabilities, 0 for logits)"}
+EQUALIZE_HELP = {"auto": "on with --per-tensor, off per channel (where it did not help EfficientNet-Lite0)",
+                 "on": "rescale Conv -> ReLU/ReLU6 -> Conv channels and absorb high biases (exact in float)",
+                 "off": "quantize the model as it is"}
 STRATEGY_HELP = {"frugal": "doubling, short tail probes, then layers back to int8 until --max-evals is spent",
                  "refine": "doubling + bisection, then layers back to int8 (up to about 20 evaluations)",
                  "binary": "the reference tool's prefix bisection", "greedy": "one layer at a time"}
+OBJECTIVE_HELP = {"latency": "the passing configuration predicted fastest on this CPU (per-layer profiles)",
+                  "size": "the smallest weights (16-bit-activation layers keep int8 weights)",
+                  "count": "the fewest layers out of int8 (the reference tool's)"}
 SENSITIVITY_HELP = {"output": "model-output effect of each layer's fallback", "cosine": "the reference tool's "
                     "per-layer metric"}
 
@@ -66,12 +75,20 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
                             f"inception; default: the model's metadata, else {DEFAULT_PRESET}")
     group.add_argument("--resize", type=int, help="resize the short side to this many pixels (default: crop / 0.875)")
     group.add_argument("--crop", type=int, help="center crop size (default: the model's input size)")
+    group.add_argument("--letterbox", default=None, metavar="SIZE",
+                       help="instead of resize and crop: scale each image to fit SIZE (640, or 640x480 = width x "
+                            "height), aspect kept, and pad the rest; a model whose input fixes height and width "
+                            "needs its own size")
+    group.add_argument("--pad-multiple", type=int, default=None, metavar="N",
+                       help="with --letterbox: pad to a multiple of N (e.g. 32 for a network that downsamples 5 "
+                            "times; default 1)")
     group.add_argument("--layout", choices=[m.value.lower() for m in Layout], help="input layout")
 
 
 def add_calib_args(parser: argparse.ArgumentParser) -> None:
     """Model, data, run folder and the options named after the CalibrationSettings fields they set."""
     from ..calibration.config import ActMethod
+    from ..calibration.equalization import Equalize
     from ..calibration.run import CalibrationSettings
     from ..quantize.deploy_target import DeployTarget
     add_data_args(parser)
@@ -92,6 +109,8 @@ def add_calib_args(parser: argparse.ArgumentParser) -> None:
                MATMUL_INPUTS_HELP)
     group.add_argument("--per-tensor", dest="per_channel", action="store_false", default=default.per_channel,
                        help="one weight scale per tensor (default: per output channel)")
+    add_choice(group, "--equalize", [m.value for m in Equalize], default.equalize.value, EQUALIZE_HELP,
+               "cross-layer equalization of the float model before calibrating")
     group.add_argument("--no-bias-correction", dest="bias_correction", action="store_false",
                        default=default.bias_correction,
                        help="keep the model's biases (default: correct the mean shift weight rounding causes)")
@@ -151,6 +170,7 @@ def add_auto_args(parser: argparse.ArgumentParser) -> None:
     """Options named after the AutoSettings fields they set, after the calibration ones."""
     from ..evaluation.metrics import METRICS
     from ..search.auto import AutoSettings
+    from ..search.objective import Objective
     from ..search.ranking import METHODS
     from ..search.strategies import STRATEGIES
     add_calib_args(parser)
@@ -163,10 +183,13 @@ def add_auto_args(parser: argparse.ArgumentParser) -> None:
                        help="largest acceptable metric drop, e.g. 0.005 = half a point of top-1 (default %(default)s)")
     group.add_argument("--relative", action="store_true", default=default.relative,
                        help="--max-drop is relative to the float metric")
-    add_choice(group, "--metric", list(METRICS), default.metric, METRIC_HELP,
-            "the metric judged (all but top1 are fidelity to the float model)")
+    listed = "; ".join(f"{name}: {METRIC_HELP[name]}" for name in METRICS)
+    group.add_argument("--metric", type=metric_spec, default=default.metric, metavar="{" + ",".join(METRICS) + "}",
+                       help="the metric judged (all but top1 are fidelity to the float model; default: by the "
+                            f"model's output, and the run says which): {listed}")
     add_choice(group, "--strategy", list(STRATEGIES), default.strategy, STRATEGY_HELP)
     add_choice(group, "--sensitivity", list(METHODS), default.sensitivity, SENSITIVITY_HELP)
+    add_choice(group, "--objective", [o.value for o in Objective], default.objective, OBJECTIVE_HELP)
     group.add_argument("--max-evals", type=int, default=default.max_evals,
                        help="at most this many evaluated configurations, the float model included "
                             "(default %(default)s)")
@@ -198,9 +221,19 @@ def add_demo_args(parser: argparse.ArgumentParser) -> None:
     add_save_dir_arg(parser, "demo")
 
 
+def metric_spec(text: str) -> str:
+    """A --metric value checked (a name, or iou@T), for argparse."""
+    from ..evaluation.metrics import parse_metric
+    try:
+        parse_metric(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def add_zoo_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("variant", choices=["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2",
-                                            "all-minilm-l6-v2"])
+                                            "all-minilm-l6-v2", "pp-ocrv4-det"])
     parser.add_argument("--sentences", default=None,
                         help="all-minilm-l6-v2: also write this .npz of tokenized sentences (600 from Python's "
                              "reference documentation, 128 tokens) to pass as --data")
@@ -227,11 +260,13 @@ def preprocess_of(args, model_proto, data=None):
     from ..data.binding import resolve_preprocess
     from ..data.preprocess import with_sizes
     from ..data.tensors import TensorDataset
-    given = [f"--{k}" for k in ("preset", "resize", "crop", "layout") if getattr(args, k) is not None]
+    given = [f"--{k.replace('_', '-')}" for k in ("preset", "resize", "crop", "layout", "letterbox", "pad_multiple")
+             if getattr(args, k) is not None]
     if isinstance(data, TensorDataset) and given:
         raise ConfigError(f"{' '.join(given)} preprocess images, but {data.root} holds arrays")
     if isinstance(data, TensorDataset):
         return None
-    return with_sizes(resolve_preprocess(model_proto, args.preset), args.resize, args.crop, args.layout)
+    return with_sizes(resolve_preprocess(model_proto, args.preset), args.resize, args.crop, args.layout,
+                      args.letterbox, args.pad_multiple)
 
 

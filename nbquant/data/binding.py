@@ -19,8 +19,9 @@ METADATA_PREFIX = "nbquant.preprocess."
 
 
 def resolve_preprocess(model: onnx.ModelProto, preprocess=None) -> Preprocess:
-    """The given Preprocess; else what the model's metadata records; else the given preset name
-    (default "half") with crop, resize and layout taken from the model's input shape (logged)."""
+    """The given Preprocess; else what the model's metadata records (a letterbox's box from the model's input
+    where it fixes both sizes); else the given preset name (default "half") with crop, resize and layout
+    taken from the model's input shape (logged)."""
     if isinstance(preprocess, Preprocess):
         return preprocess
     meta = {p.key[len(METADATA_PREFIX):]: p.value for p in model.metadata_props
@@ -32,13 +33,16 @@ def resolve_preprocess(model: onnx.ModelProto, preprocess=None) -> Preprocess:
         return pre
     kwargs = {}
     for key, value in meta.items():
-        if key in ("resize", "crop"):
+        if key in ("resize", "crop", "pad_multiple", "pad_value"):
             kwargs[key] = int(value)
+        elif key == "letterbox":
+            kwargs[key] = value  # "640" or "640x480" (width x height)
         elif key in ("mean", "std"):
             kwargs[key] = tuple(float(v) for v in value.split(","))
         elif key in ("channel_order", "layout", "interpolation", "resize_rounding"):
             kwargs[key] = value.lower()
-    return Preprocess(**kwargs)
+    pre = Preprocess(**kwargs)
+    return fit_to_input(pre, input_shape(model))[0] if pre.letterbox is not None else pre
 
 
 def input_shape(model: onnx.ModelProto) -> list:

@@ -1,8 +1,8 @@
 """Decoded images kept on disk as uint8 pixels, so repeated evaluations skip JPEG decoding while
 memory stays flat in the number of images.
 
-A cache holds each image's resized, center-cropped RGB pixels (crop x crop x 3 bytes: 150 KB at
-224, a quarter of the float32 model input); batches are read from the file with positioned reads
+A cache holds each image's resized, center-cropped (or letterboxed) RGB pixels (height x width x 3
+bytes: 150 KB at 224, a quarter of the float32 model input); batches are read from the file with positioned reads
 (no memory map, whose pages would stay resident) and normalized on the fly, exactly as
 ``preprocess_image`` does. The cache keeps its file open, so it stays readable after its folder
 is removed (the space is freed when the cache is). Without a path the pixels stay in memory.
@@ -44,12 +44,12 @@ class CachedImages:
 
     @property
     def image_bytes(self) -> int:
-        return self.pre.crop * self.pre.crop * 3
+        return self.pre.image_bytes
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """uint8 pixels [stop - start, H, W, 3] of images start..stop-1."""
         stop = min(stop, len(self))
-        shape = (stop - start, self.pre.crop, self.pre.crop, 3)
+        shape = (stop - start, *self.pre.image_size, 3)
         if self._file is None:
             return self.pixels[start:stop]
         data = os.pread(self._file.fileno(), int(np.prod(shape)), start * self.image_bytes)
@@ -58,7 +58,7 @@ class CachedImages:
     def pixels_at(self, indices) -> np.ndarray:
         """uint8 pixels [len(indices), H, W, 3] of the images at ``indices``, in that order."""
         if not len(indices):
-            return np.empty((0, self.pre.crop, self.pre.crop, 3), np.uint8)
+            return np.empty((0, *self.pre.image_size, 3), np.uint8)
         return np.stack([self.read(int(i), int(i) + 1)[0] for i in indices])
 
     def gather(self, indices) -> np.ndarray:

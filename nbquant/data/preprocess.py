@@ -1,7 +1,9 @@
-"""Image preprocessing as an explicit, validated config: resize, center crop, normalize.
+"""Image preprocessing as an explicit, validated config: resize, center crop (or letterbox), normalize.
 
 Matches torchvision's ``Resize(resize)`` + ``CenterCrop(crop)`` + ``ToTensor`` +
 ``Normalize(mean, std)`` on PIL images, so accuracy numbers agree with PyTorch references.
+With ``letterbox`` the whole image is scaled to fit a box instead, aspect kept, and padded to a
+multiple (:mod:`.letterbox`), for models whose input size is free (detectors, segmenters).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from PIL import Image
 
 from ..errors import ConfigError
 from ..options import check_int, check_number, check_positive
+from .letterbox import canvas_size, format_size, letterbox_pixels, parse_size
 
 
 class ChannelOrder(str, Enum):
@@ -63,6 +66,9 @@ class Preprocess:
 
     ``mean`` and ``std`` are listed in the output channel order (``channel_order``)
     and apply after multiplying pixels (0..255) by ``scale``. Defaults equal the "half" preset.
+    ``letterbox`` (height, width; ``640`` or ``"640x480"``, width first, also do) replaces resize and crop:
+    the image is scaled to fit that box, aspect kept, and padded with ``pad_value`` at the bottom and right
+    to the box rounded up to ``pad_multiple``.
     """
 
     resize: int = 256
@@ -74,6 +80,9 @@ class Preprocess:
     layout: Layout = Layout.NCHW
     interpolation: Interpolation = Interpolation.BILINEAR
     resize_rounding: Rounding = Rounding.ROUND
+    letterbox: tuple[int, int] | None = None
+    pad_multiple: int = 1
+    pad_value: int = 0
 
     def __post_init__(self) -> None:
         for name in ("resize", "crop"):
@@ -92,6 +101,15 @@ class Preprocess:
             ("resize_rounding", Rounding),
         ):
             object.__setattr__(self, name, _to_enum(name, getattr(self, name), enum))
+        if self.letterbox is not None:
+            object.__setattr__(self, "letterbox", parse_size(self.letterbox))
+        object.__setattr__(self, "pad_multiple", check_int("pad_multiple", self.pad_multiple))
+        if self.pad_multiple > 1 and self.letterbox is None:
+            raise ConfigError(f"pad_multiple {self.pad_multiple} pads a letterbox; set letterbox too")
+        value = check_int("pad_value", self.pad_value, minimum=0)
+        if value > 255:
+            raise ConfigError(f"pad_value must be a pixel value 0..255, got {self.pad_value!r}")
+        object.__setattr__(self, "pad_value", value)
 
     def describe(self) -> str:
         """One line for logs and records.
@@ -103,15 +121,40 @@ class Preprocess:
             ",".join(f"{m:g}" for m in self.mean)
         std = ",".join(f"{v:g}" for v in sorted(set(self.std))) if len(set(self.std)) == 1 else \
             ",".join(f"{v:g}" for v in self.std)
-        return (f"resize {self.resize} ({self.resize_rounding.value}, {self.interpolation.value}), crop {self.crop}, "
-                f"{self.channel_order.value} {self.layout.value}, (x * {self.scale:.3g} - {mean}) / {std}")
+        if self.letterbox is not None:
+            padded = f", padded to {self.width}x{self.height}" if self.image_size != self.letterbox else ""
+            sizes = (f"letterbox {format_size(self.letterbox)} ({self.interpolation.value}, keep aspect{padded}, "
+                     f"pad {self.pad_value})")
+        else:
+            sizes = f"resize {self.resize} ({self.resize_rounding.value}, {self.interpolation.value}), crop {self.crop}"
+        return f"{sizes}, {self.channel_order.value} {self.layout.value}, (x * {self.scale:.3g} - {mean}) / {std}"
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(height, width) of every preprocessed image: the crop, or the letterbox's canvas."""
+        if self.letterbox is not None:
+            return canvas_size(self.letterbox, self.pad_multiple)
+        return (self.crop, self.crop)
+
+    @property
+    def height(self) -> int:
+        return self.image_size[0]
+
+    @property
+    def width(self) -> int:
+        return self.image_size[1]
+
+    @property
+    def image_bytes(self) -> int:
+        """Bytes of one image's uint8 RGB pixels (what the pixel caches keep)."""
+        return self.height * self.width * 3
 
     @property
     def output_shape(self) -> tuple[int, int, int]:
         """Shape of one preprocessed image: (C, H, W) for NCHW, (H, W, C) for NHWC."""
         if self.layout is Layout.NCHW:
-            return (3, self.crop, self.crop)
-        return (self.crop, self.crop, 3)
+            return (3, self.height, self.width)
+        return (self.height, self.width, 3)
 
 
 def _to_triple(name: str, value: object, positive: bool) -> tuple[float, float, float]:
@@ -196,8 +239,11 @@ def preprocess_image(img: Image.Image, pre: Preprocess) -> np.ndarray:
 
 
 def crop_pixels(img: Image.Image, pre: Preprocess) -> np.ndarray:
-    """The resized, center-cropped RGB pixels as uint8 [crop, crop, 3]: 4x smaller to keep than
-    the model input, which :func:`normalize` computes from them exactly."""
+    """The resized, center-cropped (or letterboxed) RGB pixels as uint8 [height, width, 3]: 4x smaller to
+    keep than the model input, which :func:`normalize` computes from them exactly."""
+    if pre.letterbox is not None:
+        return letterbox_pixels(img.convert("RGB"), pre.letterbox, pre.pad_multiple, pre.pad_value,
+                                _PIL_FILTERS[pre.interpolation])
     img = resize_short_side(img.convert("RGB"), pre.resize, pre.interpolation, pre.resize_rounding)
     return np.asarray(center_crop(img, pre.crop), dtype=np.uint8)
 
@@ -228,41 +274,68 @@ def resize_for_crop(crop: int) -> int:
 
 
 def with_sizes(pre: Preprocess, resize: int | None = None, crop: int | None = None,
-               layout: str | Layout | None = None) -> Preprocess:
+               layout: str | Layout | None = None, letterbox=None, pad_multiple: int | None = None) -> Preprocess:
     """``pre`` with the sizes and layout given (None keeps ``pre``'s); a crop given without a resize
-    brings the resize of :func:`resize_for_crop`.
+    brings the resize of :func:`resize_for_crop`; a crop or resize turns a letterbox off, a letterbox
+    turns the crop off.
 
     >>> pre = with_sizes(Preprocess(), crop=200)
     >>> pre.crop, pre.resize, with_sizes(pre, resize=210).resize
     (200, 229, 210)
+    >>> with_sizes(pre, letterbox="640x480", pad_multiple=32).output_shape
+    (3, 480, 640)
     """
-    changes = {k: v for k, v in (("resize", resize), ("crop", crop), ("layout", layout)) if v is not None}
+    if letterbox is not None and (crop is not None or resize is not None):
+        raise ConfigError("crop/resize and letterbox exclude each other: a crop keeps a square of the image, a "
+                          "letterbox all of it")
+    changes = {k: v for k, v in (("resize", resize), ("crop", crop), ("layout", layout), ("letterbox", letterbox),
+                                 ("pad_multiple", pad_multiple)) if v is not None}
     if crop is not None and resize is None:
         changes["resize"] = resize_for_crop(crop)
+    if (crop is not None or resize is not None) and pre.letterbox is not None:
+        changes.update(letterbox=None, pad_multiple=1)
     return replace(pre, **changes) if changes else pre
 
 
+def _fixed_image_dims(input_shape: Sequence[object]) -> tuple[int | None, int | None, Layout] | None:
+    """(height, width, layout) of an image input [N, 3, H, W] or [N, H, W, 3] (None where a dim is free);
+    None when the input is not an image."""
+    dims = list(input_shape)[1:]
+    if len(dims) != 3:
+        return None
+    fixed = [int(d) if isinstance(d, (int, np.integer)) and d > 0 else None for d in dims]
+    if fixed[0] == 3:
+        return fixed[1], fixed[2], Layout.NCHW
+    if fixed[2] == 3:
+        return fixed[0], fixed[1], Layout.NHWC
+    return None
+
+
 def fit_to_input(pre: Preprocess, input_shape: Sequence[object]) -> tuple[Preprocess, str]:
-    """``pre`` with crop, resize and layout taken from a static square image input
-    ([N, 3, H, H] or [N, H, H, 3]), and a sentence saying what changed ("" when nothing did).
+    """``pre`` fitted to a static image input ([N, 3, H, W] or [N, H, W, 3]), and a sentence saying what
+    changed ("" when nothing did): a square input sets crop, resize and layout; with a letterbox, an input
+    whose height and width are both fixed sets the letterbox's box to them.
 
     >>> new, why = fit_to_input(Preprocess(), [None, 3, 240, 240])
     >>> new.crop, new.resize, new.layout.value
     (240, 274, 'NCHW')
+    >>> fit_to_input(Preprocess(letterbox=320), [1, 3, 480, 640])[0].output_shape
+    (3, 480, 640)
     """
-    dims = list(input_shape)[1:]
-    if len(dims) != 3:
+    found = _fixed_image_dims(input_shape)
+    if found is None:
         return pre, ""
-    if dims[0] == 3 and isinstance(dims[1], (int, np.integer)) and dims[1] == dims[2] and dims[1] > 0:
-        size, layout = int(dims[1]), Layout.NCHW
-    elif dims[2] == 3 and isinstance(dims[0], (int, np.integer)) and dims[0] == dims[1] and dims[0] > 0:
-        size, layout = int(dims[0]), Layout.NHWC
-    else:
+    height, width, layout = found
+    if pre.letterbox is not None:
+        if height is None or width is None or ((height, width), layout) == (pre.image_size, pre.layout):
+            return pre, ""
+        new = replace(pre, letterbox=(height, width), layout=layout)
+        return new, f"letterbox {format_size(new.letterbox)} and layout {layout.value} from the model's input " \
+                    f"{_format_shape(list(input_shape))}"
+    if height is None or height != width or (height, layout) == (pre.crop, pre.layout):
         return pre, ""
-    if (size, layout) == (pre.crop, pre.layout):
-        return pre, ""
-    new = replace(pre, crop=size, resize=resize_for_crop(size), layout=layout)
-    return new, (f"crop {size}, resize {new.resize} (ratio {CROP_RATIO}) and layout {layout.value} from the "
+    new = replace(pre, crop=height, resize=resize_for_crop(height), layout=layout)
+    return new, (f"crop {height}, resize {new.resize} (ratio {CROP_RATIO}) and layout {layout.value} from the "
                  f"model's input {_format_shape(list(input_shape))}")
 
 
@@ -289,9 +362,19 @@ def check_input_shape(pre: Preprocess, input_shape: Sequence[object],
         return
     other = Layout.NHWC if pre.layout is Layout.NCHW else Layout.NCHW
     swapped = replace(pre, layout=other).output_shape
-    hint = "--layout" if _dims_match(declared[1:], swapped) else "--crop/--preset"
+    if _dims_match(declared[1:], swapped):
+        hint = "--layout"
+    elif pre.letterbox is not None:
+        hint = "--letterbox/--pad-multiple"
+    else:
+        found = _fixed_image_dims(declared)
+        square = found is None or found[0] is None or found[0] == found[1]
+        hint = "--crop/--preset" if square else f"--letterbox {found[1]}x{found[0]}"
+    sizes = (f"letterbox {format_size(pre.letterbox)}" + (f" padded to a multiple of {pre.pad_multiple}"
+                                                         if pre.pad_multiple > 1 else "")
+             if pre.letterbox is not None else f"crop={pre.crop}")
     raise ConfigError(
         f"model {model_path_or_name} expects input {_format_shape(declared)} but preprocessing "
-        f"crop={pre.crop} layout={pre.layout.value} gives {_format_shape(produced)}; "
+        f"{sizes} layout={pre.layout.value} gives {_format_shape(produced)}; "
         f"pass a matching {hint}"
     )

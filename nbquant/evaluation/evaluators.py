@@ -8,11 +8,13 @@ is accepted for compatibility but nbquant calibrates on images it is given. The 
 
 from __future__ import annotations
 
+import logging
 from contextlib import closing
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import pandas as pd
 
 from ..cache import Cache, CacheKey, make_key
 from ..data.binding import fingerprint
@@ -24,8 +26,23 @@ from ..errors import ConfigError
 from ..timing import timed
 from .early_decision import HIT_METRICS, decision_order, hits, upper_bound
 from .executors import as_pool
-from .metrics import METRICS, Budget
+from .metrics import (
+    CLASS_METRICS,
+    Budget,
+    cosine_similarity,
+    default_metric,
+    map_iou,
+    map_threshold,
+    metric_function,
+    output_kind,
+    parse_metric,
+    sqnr_db,
+)
 from .shards import ImageFiles, batch_plan, collect, reference_outputs, run_plan
+
+log = logging.getLogger(__name__)
+
+THRESHOLD_METADATA = "nbquant.map_threshold"  # a map model's own threshold (e.g. a text detector's binarization)
 
 
 def decoded_images(data: ImageDataset, pre: Preprocess, path: Path | None, progress: bool,
@@ -33,7 +50,7 @@ def decoded_images(data: ImageDataset, pre: Preprocess, path: Path | None, progr
     """``data`` decoded once into uint8 pixels: from ``cache`` when these files were decoded before with this
     preprocessing, else into the file ``path`` (or memory) and, when it fits, into the cache. ``data_key``:
     the data's fingerprint key, when the caller has it already."""
-    fits = cache is not None and cache.enabled and len(data) * pre.crop * pre.crop * 3 < cache.max_bytes // 4
+    fits = cache is not None and cache.enabled and len(data) * pre.image_bytes < cache.max_bytes // 4
     if not fits:
         with timed("decoding images"):
             return cache_images(data, pre, path, progress=progress, desc="decode evaluation images")
@@ -58,19 +75,26 @@ class Evaluator(Protocol):
 class LogitEvaluator:
     """A metric of the model's outputs on a fixed set of images, with a loss budget.
 
-    ``metric`` is ``"top1"`` (needs labels), ``"agreement"``, ``"kl"`` or ``"cosine"`` (label-free
-    fidelity to the float model; cosine for outputs that are not class scores, such as embeddings),
-    or a callable ``f(logits, labels, reference_logits) -> float``. ``data`` is an ImageDataset or a
-    TensorDataset (arrays for models that do not take images).
+    ``metric`` (see :mod:`.metrics`): ``"top1"`` (needs labels), ``"agreement"`` or ``"kl"`` for class
+    scores; ``"cosine"``, ``"sqnr"`` or ``"iou"`` (``"iou@0.3"``: at threshold 0.3) for other outputs (all
+    label-free fidelity to the float model); a callable ``f(logits, labels, reference_logits) -> float``;
+    or None: chosen by :meth:`prepare` from the float model's output (:func:`~.metrics.output_kind`:
+    top1 / agreement for class scores, iou for maps, cosine for the rest) and logged, with ``metric_why_``.
+    An iou without threshold takes the model's metadata ``nbquant.map_threshold``, else 0.5 for
+    probabilities, 0 for logits. ``data`` is an ImageDataset or a TensorDataset (arrays for models that do
+    not take images).
     Images are decoded once; the float model's outputs are computed once. ``executor`` (a
     ``concurrent.futures.Executor`` or ``dask.distributed`` Client) runs the images in shards on
     its workers, with the same results (arrays travel with each shard; images are decoded there).
     """
 
-    def __init__(self, data: ImageDataset | TensorDataset, metric="top1", max_drop: float = 0.005,
+    def __init__(self, data: ImageDataset | TensorDataset, metric=None, max_drop: float = 0.005,
                  relative: bool = False, batch_size: int = 16, executor=None):
         self.data = data
+        self.requested = metric  # as given; ``metric`` is resolved by prepare
         self.metric = metric
+        self.metric_why_ = "given" if metric is not None else None
+        self.kind_: str | None = None  # the output's kind (scores, map, vectors), set by prepare
         self.budget = Budget(max_drop, relative)
         self.batch_size = batch_size
         self.pool = as_pool(executor)
@@ -79,14 +103,16 @@ class LogitEvaluator:
         self.order_: np.ndarray | None = None
         self.data_key_: CacheKey | None = None  # the data's fingerprint, set by prepare when a cache is used
         self._float_model = None
-        if isinstance(metric, str) and metric not in METRICS:
-            raise ConfigError(f"metric must be one of {', '.join(METRICS)} or a callable, got {metric!r}")
-        if metric == "top1" and not data.labeled:
+        if isinstance(metric, str) and parse_metric(metric)[0] == "top1" and not data.labeled:
             raise ConfigError(f"metric top1 needs labels, but the samples in {data.root} are unlabeled; "
                               "use metric 'agreement', 'kl' or 'cosine' (fidelity to the float model)")
+        elif metric is not None and not isinstance(metric, str) and not callable(metric):
+            raise ConfigError(f"metric must be a metric name, a callable or None, got {metric!r}")
 
     def __repr__(self) -> str:
-        name = self.metric if isinstance(self.metric, str) else getattr(self.metric, "__name__", "custom")
+        metric = self.requested
+        name = "auto" if metric is None else metric if isinstance(metric, str) else getattr(metric, "__name__",
+                                                                                             "custom")
         kind = "relative" if self.budget.relative else "absolute"
         return f"LogitEvaluator(metric={name!r}, max_drop={self.budget.max_drop} {kind}, images={len(self.data)})"
 
@@ -113,11 +139,43 @@ class LogitEvaluator:
                                                                   self.pool, progress)
             if key is not None:
                 cache.put(key, self.reference_)
+        self.kind_ = output_kind(self.reference_, images=not isinstance(self.data, TensorDataset))
+        self.metric, self.metric_why_ = self._resolve_metric(float_model)
         #: the order images run in: likely misses first for early decisions (see early_decision)
         self.order_ = (decision_order(self.metric, self.reference_, self.images_.labels) if self.decides_early
                        else np.arange(len(self.images_)))
         self._float_model = float_model
         return self
+
+    def _resolve_metric(self, float_model) -> tuple[object, str]:
+        """(metric, why): the requested one, or the default for the output's kind (logged either way); a
+        class-score metric on a map is warned about."""
+        requested, shape = self.requested, f"[N, {', '.join(map(str, self.reference_.shape[1:]))}]"
+        if callable(requested):
+            return requested, "given"
+        name, threshold = parse_metric(requested) if requested is not None else (None, None)
+        if name in CLASS_METRICS and self.kind_ == "map":
+            log.warning("metric %s compares class scores, but the model's output %s is a map: iou, sqnr or cosine "
+                        "compare maps (leave the metric unset for iou)", name, shape)
+        if threshold is None and self.kind_ == "map":
+            threshold = _model_threshold(float_model)
+            threshold = map_threshold(self.reference_) if threshold is None else threshold
+        if name is None:
+            metric, why = default_metric(self.kind_, self.data.labeled, threshold)
+        elif name == "iou" and threshold is not None:
+            metric, why = f"iou@{threshold:g}", "given"
+        else:
+            metric, why = requested, "given"
+        log.info("metric %s (%s; the output is %s)", metric, why, shape)
+        return metric, why
+
+    @property
+    def distance(self) -> str:
+        """The output distance a ranking by output sensitivity uses with this metric: softmax KL for class
+        scores, cosine similarity for other outputs."""
+        if isinstance(self.metric, str):
+            return "kl" if parse_metric(self.metric)[0] in CLASS_METRICS else "cosine"
+        return "cosine" if self.kind_ not in (None, "scores") else "kl"
 
     @property
     def identity(self) -> tuple | None:
@@ -139,7 +197,7 @@ class LogitEvaluator:
 
     def evaluate(self, model) -> float:
         self._check_prepared()
-        fn = METRICS[self.metric] if isinstance(self.metric, str) else self.metric
+        fn = metric_function(self.metric) if isinstance(self.metric, str) else self.metric
         logits = self.reference_ if model is self._float_model else self.logits(model)
         return float(fn(logits, self.images_.labels, self.reference_))
 
@@ -171,6 +229,53 @@ class LogitEvaluator:
     def metric_eval(self, original, new) -> tuple[bool, float]:
         return self.budget.check(original, new)
 
+    def samples(self, model) -> pd.DataFrame:
+        """The per-sample view of ``model`` against the float model, one row per sample (file order): for class
+        scores the top-1 of both (and the label); for other outputs each dense metric (sqnr_db, cosine and,
+        for maps, iou at the metric's threshold, with the share of the float map above it)."""
+        self._check_prepared()
+        outputs = self.reference_ if model is self._float_model else self.logits(model)
+        ref, frame = self.reference_, pd.DataFrame({"file": [str(f) for f in self.images_.files]})
+        if self.kind_ == "scores":
+            flat = outputs.reshape(len(outputs), -1)
+            frame["float_top1"] = ref.reshape(len(ref), -1).argmax(axis=1)
+            frame["top1"] = flat.argmax(axis=1)
+            frame["agrees"] = frame["top1"] == frame["float_top1"]
+            if self.data.labeled:
+                frame["label"] = self.images_.labels
+            return frame
+        frame["sqnr_db"] = sqnr_db(ref, outputs)
+        frame["cosine"] = cosine_similarity(ref, outputs)
+        if self.kind_ == "map":
+            threshold = self.threshold
+            frame["iou"] = map_iou(ref, outputs, threshold)
+            frame["float_above"] = (ref.reshape(len(ref), -1) > threshold).mean(axis=1)
+        return frame
+
+    @property
+    def threshold(self) -> float:
+        """The map threshold of the metric (iou@T), else of the model's metadata or the outputs' range."""
+        if isinstance(self.metric, str) and parse_metric(self.metric)[1] is not None:
+            return parse_metric(self.metric)[1]
+        given = _model_threshold(self._float_model)
+        return map_threshold(self.reference_) if given is None else given
+
     def _check_prepared(self) -> None:
         if self.images_ is None:
             raise ConfigError("LogitEvaluator.prepare(float_model, preprocess) must run before evaluate")
+
+
+def _model_threshold(model) -> float | None:
+    """The map threshold a model records in its metadata (``nbquant.map_threshold``), if any."""
+    props = getattr(model, "metadata_props", None)
+    if props is None and isinstance(model, (str, Path)):
+        import onnx
+        props = onnx.load(str(model), load_external_data=False).metadata_props
+    for prop in props or ():
+        if prop.key == THRESHOLD_METADATA:
+            try:
+                return float(prop.value)
+            except ValueError:
+                raise ConfigError(f"model metadata {THRESHOLD_METADATA} must be a number, got {prop.value!r}") \
+                    from None
+    return None

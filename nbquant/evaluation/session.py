@@ -20,16 +20,29 @@ ModelLike = str | os.PathLike | onnx.ModelProto | ort.InferenceSession
 
 log = logging.getLogger(__name__)
 
+# onnxruntime's WeightBiasQuantization rewrites a Conv/Gemm with float weights that reads a DequantizeLinear
+# and feeds a QuantizeLinear into an integer kernel with per-tensor int8 weights of its own: a layer a mixed
+# model keeps in float (it reads the requantized output of the layer before it) would run in int8, coarser
+# than nbquant's per-channel weights. Layers nbquant quantizes carry their own integer weights and biases, so
+# this pass never touches them.
+KEEP_FLOAT_OPTIMIZERS = ("WeightBiasQuantization",)
+
 
 def make_session(model: str | os.PathLike | onnx.ModelProto,
-                 threads: int | None = None, simulate: bool | None = None) -> ort.InferenceSession:
+                 threads: int | None = None, simulate: bool | None = None,
+                 profile: str | os.PathLike | None = None) -> ort.InferenceSession:
     """CPU onnxruntime session (all graph optimizations) for a model file or in-memory model.
 
     ``simulate`` computes QuantizeLinear/DequantizeLinear as written instead of letting
     onnxruntime fuse them into integer kernels; by default it is on for models whose metadata
     asks for it (nbquant's fake-quant models), so their accuracy is the simulated one.
+    ``profile``: a file prefix; onnxruntime then records each node's kernel time (``end_profiling``).
+    Layers a model keeps in float stay in float (see ``KEEP_FLOAT_OPTIMIZERS``).
     """
     opts = ort.SessionOptions()
+    if profile is not None:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(profile)
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.intra_op_num_threads = threads if threads is not None else (os.cpu_count() or 1)
     opts.log_severity_level = 3  # errors only: keep notebooks free of ORT warnings
@@ -51,7 +64,8 @@ def make_session(model: str | os.PathLike | onnx.ModelProto,
     elif proto is not None:
         warn_if_inexact(proto, name)
     try:
-        return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"],
+                                    disabled_optimizers=list(KEEP_FLOAT_OPTIMIZERS))
     except Exception as exc:  # onnxruntime's errors share no base class but Exception
         raise ModelError(f"onnxruntime cannot load {name}: {exc}") from exc
 
@@ -68,7 +82,8 @@ def fused_ops(model_path, folder) -> collections.Counter:
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.optimized_model_filepath = str(Path(folder) / f"{Path(model_path).stem}.optimized.onnx")
-    ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"],
+                         disabled_optimizers=list(KEEP_FLOAT_OPTIMIZERS))
     return collections.Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
 
 

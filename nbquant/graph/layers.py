@@ -17,6 +17,7 @@ LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 FLOAT_REASONS = {
     "Clip": "activation: absorbed by the next layer's input quantization",
     "Relu": "activation: absorbed by the next layer's input quantization",
+    "Min": "runs on the quantized values where it clips a layer output by a constant (an equalized ReLU6)",
     "Add": "no weights: runs in float on dequantized inputs",
     "Mul": "no weights: runs in float on dequantized inputs",
     "GlobalAveragePool": "no weights: runs in float",
@@ -56,11 +57,29 @@ def kernel_kind(op: str, weight_shape, group: int = 1) -> str:
 
 
 def post_layer_tensor(model: onnx.ModelProto, layer: Layer) -> str:
-    """The tensor an integer kernel would emit: the layer output, or that of its sole Clip/Relu."""
-    users = consumers(model).get(layer.output, [])
-    if len(users) == 1 and users[0].op_type in ACTIVATION_OPS and users[0].input[0] == layer.output:
-        return users[0].output[0]
+    """The tensor an integer kernel would emit: the layer output, or that of its sole Clip/Relu, or of
+    the per-channel clip (a Min with a constant) after it, which the quantized models apply to the
+    integers (an equalized ReLU6, see :mod:`nbquant.graph.equalization`)."""
+    users = consumers(model)
+    readers = users.get(layer.output, [])
+    if len(readers) == 1 and readers[0].op_type in ACTIVATION_OPS and readers[0].input[0] == layer.output:
+        tensor = readers[0].output[0]
+        after = users.get(tensor, [])
+        if len(after) == 1 and after[0].output[0] in constant_mins(model, after):
+            return after[0].output[0]
+        return tensor
     return layer.output
+
+
+def constant_mins(model: onnx.ModelProto, nodes=None) -> dict[str, tuple[str, str]]:
+    """Min nodes (of ``nodes``, default all) of a computed tensor and a value no node computes (a constant,
+    or a graph input standing for one in a cut-out region): output -> (tensor, that value's name).
+    Quantizing is monotonic, so ``Q(Min(x, c)) == Min(Q(x), Q(c))``: such a Min can run on the integers."""
+    computed = {out for node in model.graph.node if node.op_type != "Constant" for out in node.output}
+    return {node.output[0]: (node.input[0], node.input[1])
+            for node in (model.graph.node if nodes is None else nodes)
+            if node.op_type == "Min" and len(node.input) == 2 and node.input[0] in computed
+            and node.input[1] not in computed}
 
 
 def find_layers(model: onnx.ModelProto, values: dict | None = None) -> list[Layer]:

@@ -23,6 +23,7 @@ class PreparedModel:
     layers: list[Layer] = field(repr=False)
     fusions: list[dict] = field(repr=False)
     renamed: list[str] = field(repr=False)
+    equalization: pd.DataFrame | None = field(default=None, repr=False)  # set once equalized (calibration)
 
     @property
     def table(self) -> pd.DataFrame:

@@ -212,3 +212,71 @@ def plot_search_history(history: pd.DataFrame, original_metric: float, max_drop:
     ax.set_title("Fallback search: every evaluated configuration")
     ax.legend(fontsize=8, loc="lower left")
     return fig
+
+
+def plot_pareto(pareto: pd.DataFrame, original_metric: float, max_drop: float, relative: bool = False,
+                ax=None) -> Figure:
+    """Metric versus predicted latency (``AutoCalibrationResult.pareto``) for every evaluated configuration:
+    passing ones, the Pareto front (no passing one both faster and smaller), the budget line and the choice."""
+    _require(pareto, ["predicted_ms", "metric", "ok", "pareto", "chosen"], "plot_pareto")
+    points = pareto[pareto["metric"].notna() & pareto["predicted_ms"].notna()]
+    fig = new_figure(figsize=(7, 4)) if ax is None else ax.figure
+    ax = fig.subplots() if ax is None else ax
+    ok, front = points["ok"].astype(bool), points["pareto"].astype(bool)
+    ax.scatter(points["predicted_ms"][ok], points["metric"][ok], color="#2ca02c", s=25, label="meets target")
+    ax.scatter(points["predicted_ms"][~ok], points["metric"][~ok], color="#d62728", s=25, marker="x",
+               label="misses target")
+    if front.any():
+        line = points[front].sort_values("predicted_ms")
+        ax.plot(line["predicted_ms"], line["metric"], color="#2ca02c", lw=1, label="Pareto front")
+    target = target_metric(original_metric, max_drop, relative)
+    ax.axhline(target, color="#1f77b4", lw=1.5, ls="--", label=f"target {target:.4f}")
+    ax.axhline(original_metric, color="#555555", lw=1, ls=":", label=f"float model {original_metric:.4f}")
+    chosen = points[points["chosen"].astype(bool)]
+    if len(chosen):
+        ax.scatter(chosen["predicted_ms"], chosen["metric"], s=180, facecolors="none", edgecolors="k", lw=2,
+                   label=f"chosen: {chosen['predicted_ms'].iloc[0]:.2f} ms predicted")
+    ax.set_xlabel("predicted latency on this CPU (ms, batch 1)")
+    ax.set_ylabel("metric")
+    ax.set_title("Every evaluated configuration: accuracy against latency")
+    ax.legend(fontsize=8, loc="lower right")
+    return fig
+
+
+def plot_maps(pixels: np.ndarray, maps: dict[str, np.ndarray], titles=None, threshold: float | None = None
+              ) -> Figure:
+    """Dense outputs side by side, one row per image: the model input's pixels (uint8 [N, H, W, 3]) and each
+    model's map (``{"float": [N, C, h, w], "int8": ...}``; the first channel), on one color scale, with the
+    float map's ``threshold`` contour drawn on every map. ``titles``: a line per row (e.g. the file and IoU)."""
+    if not maps:
+        raise ConfigError("plot_maps needs at least one map, e.g. {'float': float_maps}")
+    arrays = {name: np.asarray(m) for name, m in maps.items()}
+    n = len(pixels)
+    if any(len(m) != n for m in arrays.values()):
+        raise ConfigError(f"plot_maps: {n} images but maps of {[len(m) for m in arrays.values()]} samples")
+    planes = {name: m.reshape(n, -1, *m.shape[-2:])[:, 0].astype(np.float32) for name, m in arrays.items()}
+    lo = min(float(p.min()) for p in planes.values())
+    hi = max(float(p.max()) for p in planes.values())
+    lo, hi = (0.0, 1.0) if lo >= 0 and hi <= 1 else (lo, hi)
+    cols = 1 + len(planes)
+    fig = new_figure(figsize=(2.6 * cols, 2.4 * n))
+    axes = np.asarray(fig.subplots(n, cols, squeeze=False))
+    reference = planes[next(iter(planes))]
+    for row in range(n):
+        axes[row, 0].imshow(pixels[row])
+        axes[row, 0].set_ylabel(titles[row] if titles is not None else f"image {row}", fontsize=8)
+        extent = (0, pixels[row].shape[1], pixels[row].shape[0], 0)  # a stride-s map drawn over the whole input
+        for col, (name, plane) in enumerate(planes.items(), start=1):
+            ax = axes[row, col]
+            image = ax.imshow(plane[row], vmin=lo, vmax=hi, cmap="magma", extent=extent)
+            if threshold is not None and (reference[row] > threshold).any() and (reference[row] <= threshold).any():
+                ax.contour(reference[row], levels=[threshold], colors="#2ca02c", linewidths=0.8, extent=extent,
+                           origin="upper")
+            if row == 0:
+                ax.set_title(name, fontsize=10)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(image, ax=axes[:, 1:].ravel().tolist(), shrink=0.6,
+                 label="map" + (f" (green: float above {threshold:g})" if threshold is not None else ""))
+    return fig

@@ -12,90 +12,137 @@ What the rewrite does (the fake-quant model shares it, with float biases):
   still fuse into integer kernels.
 A Clip/Relu right before a QuantizeLinear whose range lies inside it is exact to drop, and
 onnxruntime drops it; no other numerics change.
+Layers in other states (:mod:`nbquant.quantize.layer_states`) read the raw tensor instead and emit a
+float output: ``a16w8`` (its own 16-bit input Q/DQ, int8 weights, float bias), ``dynamic``
+(DynamicQuantizeLinear + MatMulInteger) and ``float_raw`` (float, not rerouted to the 8-bit twin).
 """
 
 from __future__ import annotations
+
+import json
+from collections.abc import Collection
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from ..graph.helpers import constants, first_consumer, node_by_name, rename_inputs, set_bias
-from ..graph.layers import post_layer_tensor
+from ..errors import ConfigError
+from ..graph.helpers import constants, consumers, first_consumer, node_by_name, rename_inputs, set_bias
+from ..graph.layers import find_layers, post_layer_tensor
 from .deploy_target import target_metadata
 from .graph_edit import GraphEdit
-from .layer_quant import LayerQuant
-from .numerics import QParams, quantize_bias
+from .layer_quant import LayerQuant, LayerState
+from .metadata import STATES_KEY
+from .numerics import QParams, dequantize, quantize_bias
 
 
 def make_deploy_model(model: onnx.ModelProto, quant: dict[str, LayerQuant],
-                      output_qparams: dict[str, QParams], target=None) -> onnx.ModelProto:
-    """Float ``model`` rewritten with integer weights for every layer in ``quant``;
-    ``target`` (the resolved deploy target) is recorded in the metadata with each layer's weight range."""
-    edit = quantize_graph(model, quant, output_qparams, integer_bias=True)
+                      output_qparams: dict[str, QParams], target=None,
+                      raw_inputs: Collection[str] = ()) -> onnx.ModelProto:
+    """Float ``model`` rewritten with integer weights for every layer in ``quant`` (each in its
+    ``state``); ``raw_inputs``: float layers that read their producer's unrounded output (state
+    ``float_raw``); ``target`` (the resolved deploy target) is recorded in the metadata with each
+    layer's weight range."""
+    edit = quantize_graph(model, quant, output_qparams, integer_bias=True, raw_inputs=raw_inputs)
     return edit.finish(metadata=target_metadata(quant, target))
 
 
 def quantize_graph(model: onnx.ModelProto, quant: dict[str, LayerQuant], output_qparams: dict[str, QParams],
-                   integer_bias: bool) -> GraphEdit:
+                   integer_bias: bool, raw_inputs: Collection[str] = ()) -> GraphEdit:
     """The rewrite both quantized models share (unfinished): input Q/DQ, integer weights, output
-    Q/DQ, consumers rerouted; biases int32 (deploy) or float (the fake-quant simulation)."""
+    Q/DQ, consumers rerouted; biases int32 (deploy) or float (the fake-quant simulation). Each
+    layer's state (``nbquant.layer_states`` in the metadata) is its LayerQuant's, ``float_raw`` for
+    ``raw_inputs`` and ``float`` for the other layers."""
     edit = GraphEdit(model)
     values = constants(edit.model)
     nodes = node_by_name(edit.model)
-    dequantized: dict[str, str] = {}  # float tensor -> its dequantized twin
-    dynamic = {name for name, lq in quant.items() if lq.dynamic}
+    raw = set(raw_inputs)
+    edit.metadata[STATES_KEY] = _states_json(find_layers(edit.model, values), quant, raw)
+    dequantized: dict[str, str] = {}  # float tensor -> its 8-bit dequantized twin
     for name, lq in quant.items():
-        node = nodes[name]
-        if name in dynamic:
-            _dynamic_matmul(edit, node, lq)
+        node, state = nodes[name], lq.state
+        if state is LayerState.DYNAMIC:
+            _dynamic_layer(edit, node, lq, values)
             continue
         # ahead of the tensor's first reader: other readers (a Shape, an Add) may come before the layer
         first = first_consumer(edit.model, lq.layer.input).name
         node.input[0] = edit.quantize_dequantize(first, lq.layer.input, f"{name}/input", lq.activation)
-        dequantized.setdefault(lq.layer.input, node.input[0])
-        node.input[1] = edit.integer_weight(name, f"{name}/weight", lq)
-        if integer_bias:
+        if state is LayerState.INT8:  # a 16-bit input is the layer's own: nobody else reads it
+            dequantized.setdefault(lq.layer.input, node.input[0])
+        if state is LayerState.A16W8 and lq.layer.op == "MatMul":
+            # onnxruntime rewrites DequantizeLinear -> MatMul into MatMulNBits, which rounds the input to 8 bits
+            # per block (session.qdq_matmulnbits_accuracy_level 4): the int8 grid's values are stored as float
+            node.input[1] = edit.constant(f"{name}/weight_on_int8_grid",
+                                          dequantize(lq.weight_q, lq.weight, lq.layer.weight_axis))
+        else:
+            node.input[1] = edit.integer_weight(name, f"{name}/weight", lq)
+        if integer_bias and state is LayerState.INT8:
             _integer_bias(edit, node, lq, values)
-        elif lq.bias is not None:
+        elif lq.bias is not None:  # a16w8 has no integer kernel here: its bias stays float in both models
             set_bias(node, edit.constant(f"{name}/corrected_bias", lq.bias))
     graph_outputs = {o.name for o in edit.model.graph.output}
     for name, lq in quant.items():
-        if name in dynamic:  # its output is float: the next layer quantizes its own input
+        if lq.state is not LayerState.INT8:  # a float output: the next layer quantizes its own input
             continue
         post = post_layer_tensor(edit.model, lq.layer)
-        if post not in dequantized and post not in graph_outputs:
-            consumer = first_consumer(edit.model, post).name
-            dequantized[post] = edit.quantize_dequantize(consumer, post, f"{name}/output", output_qparams[post])
-    _reroute_consumers(edit.model, dequantized, set(quant))
+        if post in dequantized or post in graph_outputs:
+            continue
+        readers = consumers(edit.model).get(post, [])
+        if any(reader.name not in raw for reader in readers):  # else no one would read the requantized output
+            dequantized[post] = edit.quantize_dequantize(readers[0].name, post, f"{name}/output",
+                                                         output_qparams[post])
+    _reroute_consumers(edit.model, dequantized, set(quant) | raw)
     return edit
 
 
-def _dynamic_matmul(edit: GraphEdit, node: onnx.NodeProto, lq: LayerQuant) -> None:
-    """The layer as onnxruntime's dynamic quantization writes it, which it fuses into
-    DynamicQuantizeMatMul: DynamicQuantizeLinear (uint8, range of this run's input), MatMulInteger with
-    the int8 weights (exact int32 sums), Cast, and a Mul by input scale x weight scale. Both quantized
-    models use it: it is exact integer arithmetic, so there is nothing to simulate."""
-    name, output = node.name, node.output[0]
+def _states_json(layers, quant: dict[str, LayerQuant], raw: set[str]) -> str:
+    """Every layer's state as JSON (graph order); ConfigError for a ``raw`` name that is no float layer."""
+    names = {layer.name for layer in layers}
+    for name in sorted(raw):
+        if name not in names or name in quant:
+            why = "it is quantized too" if name in quant else "it is not a quantizable layer of the model"
+            raise ConfigError(f"layer {name!r} cannot read its raw input in float (state float_raw): {why}")
+    states = {layer.name: (quant[layer.name].state if layer.name in quant else
+                           LayerState.FLOAT_RAW if layer.name in raw else LayerState.FLOAT).value
+              for layer in layers}
+    return json.dumps(states, separators=(",", ":"))
+
+
+def _dynamic_layer(edit: GraphEdit, node: onnx.NodeProto, lq: LayerQuant, values) -> None:
+    """A MatMul (2-D weight) or Gemm as onnxruntime's dynamic quantization writes it, which it fuses
+    into DynamicQuantizeMatMul: DynamicQuantizeLinear (uint8, range of this run's input), MatMulInteger
+    with the int8 weights ([K, N]: a Gemm's transB weight transposed), exact int32 sums, Cast, a Mul by
+    input scale x weight scale and, for a Gemm, an Add of its (float, bias-corrected) bias. Both
+    quantized models use it: it is exact integer arithmetic, so there is nothing to simulate."""
+    name, output, layer = node.name, node.output[0], lq.layer
     x = node.input[0]
     q, scale, zero_point = (f"{name}/input_{part}" for part in ("quantized", "scale", "zero_point"))
     edit.add_node(name, helper.make_node("DynamicQuantizeLinear", [x], [q, scale, zero_point],
                                          name=f"{name}/input/DynamicQuantizeLinear"))
     weight_scale = np.asarray(lq.weight.scale, np.float32)
     weight_scale = weight_scale.reshape(-1) if weight_scale.size > 1 else weight_scale.reshape(())
-    weight = edit.constant(f"{name}/weight_quantized", lq.weight_q)
+    weight_q = lq.weight_q.T if layer.op == "Gemm" and layer.weight_axis == 0 else lq.weight_q
+    weight = edit.constant(f"{name}/weight_quantized", np.ascontiguousarray(weight_q))
     weight_zero = edit.constant(f"{name}/weight_zero_point", np.zeros(weight_scale.shape, lq.weight_q.dtype))
+    bias = None
+    if layer.op == "Gemm":
+        bias = lq.bias if lq.bias is not None else (values[layer.bias] if layer.bias else None)
     node.op_type = "MatMulInteger"
     node.input[:] = [q, weight, zero_point, weight_zero]
     node.output[0] = f"{name}/int32"
     del node.attribute[:]
-    combined = f"{name}/output_scale"
-    edit.after.setdefault(name, []).extend([
+    combined, scaled = f"{name}/output_scale", output if bias is None else f"{name}/scaled"
+    after = [
         helper.make_node("Cast", [f"{name}/int32"], [f"{name}/float"], name=f"{name}/Cast", to=TensorProto.FLOAT),
         helper.make_node("Mul", [scale, edit.constant(f"{name}/weight_scale", weight_scale)], [combined],
                          name=f"{name}/scale/Mul"),
-        helper.make_node("Mul", [f"{name}/float", combined], [output], name=f"{name}/output/Mul"),
-    ])
+        helper.make_node("Mul", [f"{name}/float", combined], [scaled], name=f"{name}/output/Mul"),
+    ]
+    if bias is not None:
+        after.append(helper.make_node("Add", [scaled, edit.constant(f"{name}/float_bias",
+                                                                    np.asarray(bias, np.float32))],
+                                      [output], name=f"{name}/bias/Add"))
+    edit.after.setdefault(name, []).extend(after)
 
 
 def _integer_bias(edit: GraphEdit, node: onnx.NodeProto, lq: LayerQuant, values) -> None:
@@ -116,12 +163,13 @@ def _integer_bias(edit: GraphEdit, node: onnx.NodeProto, lq: LayerQuant, values)
                                    f"{name}/bias_scale", f"{name}/bias_zero_point", axis))
 
 
-def _reroute_consumers(model: onnx.ModelProto, dequantized: dict[str, str], enabled: set[str]) -> None:
-    """Every other reader of a tensor that is quantized anyway reads its dequantized value: ops
+def _reroute_consumers(model: onnx.ModelProto, dequantized: dict[str, str], keep: set[str]) -> None:
+    """Every reader of a tensor that is quantized anyway reads its dequantized value, except those in
+    ``keep`` (the quantized layers, which quantize their own input, and the float_raw ones): ops
     like Add and pooling, so onnxruntime runs them in int8, and layers left in float, so the layer
     before them still fuses into an integer kernel (a float reader of its raw output would keep it
     in float, and cost a layout change on each side). A float layer thus sees its input rounded to
-    8 bits, as behind any integer kernel."""
+    8 bits, as behind any integer kernel; a float_raw one pays that cost to read it unrounded."""
     rename_inputs((node for node in model.graph.node
-                   if node.name not in enabled and node.op_type not in ("QuantizeLinear", "DequantizeLinear")),
+                   if node.name not in keep and node.op_type not in ("QuantizeLinear", "DequantizeLinear")),
                   dequantized)

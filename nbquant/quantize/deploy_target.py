@@ -18,6 +18,7 @@ import logging
 from ..errors import ConfigError
 from ..options import Choice
 from .cpu_probe import Int8Report, pair_safe_weight_max, probe_int8
+from .layer_quant import LayerState
 from .metadata import FULL_RANGE_KEY, TARGET_KEY, WEIGHT_MAX_KEY
 
 log = logging.getLogger(__name__)
@@ -65,9 +66,11 @@ def weight_max(kind: str, target: DeployTarget, report: Int8Report | None = None
 
 
 def full_range_kinds(quant: dict) -> list[str]:
-    """Kernel kinds of the layers in ``quant`` (name -> LayerQuant) whose weights leave the pair-safe range."""
+    """Kernel kinds of the layers in ``quant`` (name -> LayerQuant) whose weights leave the pair-safe range
+    on an int8 kernel (a16w8 layers compute in float: any weight range is exact)."""
     safe = pair_safe_weight_max()
-    return sorted({lq.layer.kind for lq in quant.values() if lq.weight.qmax > safe})
+    return sorted({lq.layer.kind for lq in quant.values()
+                   if lq.weight.qmax > safe and lq.state is not LayerState.A16W8})
 
 
 def target_metadata(quant: dict, target=None) -> dict[str, str]:

@@ -10,6 +10,8 @@ weights only, so its accuracy drifts from what the integer kernels deliver.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import onnx
 
 from .deploy import quantize_graph
@@ -20,11 +22,12 @@ from .numerics import QParams
 
 
 def make_fake_quant_model(model: onnx.ModelProto, quant: dict[str, LayerQuant], output_qparams: dict[str, QParams],
-                          target=None) -> onnx.ModelProto:
+                          target=None, raw_inputs: Collection[str] = ()) -> onnx.ModelProto:
     """Float ``model`` with the deploy model's Q/DQ for every layer in ``quant`` and float biases.
 
     ``output_qparams``: a calibrator's ``tensor_qparams_``; ``target`` (the resolved deploy target)
-    is recorded in the metadata with each layer's weight range.
+    is recorded in the metadata with each layer's weight range; ``raw_inputs`` as for
+    :func:`~nbquant.quantize.deploy.make_deploy_model`.
     """
-    edit = quantize_graph(model, quant, output_qparams, integer_bias=False)
+    edit = quantize_graph(model, quant, output_qparams, integer_bias=False, raw_inputs=raw_inputs)
     return edit.finish(metadata={**target_metadata(quant, target), SIMULATE_KEY: "1"})

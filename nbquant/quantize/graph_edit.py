@@ -10,10 +10,13 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..graph.helpers import copy_model, drop_unused_initializers, model_metadata
+from ..graph.layers import constant_mins
 from .layer_quant import LayerQuant
-from .numerics import QParams
+from .numerics import QParams, quantize
 
 MIN_OPSET = 13  # per-channel QuantizeLinear (axis) needs opset 13
+INT16_OPSET = 21  # ONNX QuantizeLinear/DequantizeLinear take 16-bit integers from opset 21
+CONTRIB_DOMAIN = "com.microsoft"  # onnxruntime's Q/DQ, 16-bit in any opset (as its own quantizer writes them)
 
 
 class GraphEdit:
@@ -24,6 +27,11 @@ class GraphEdit:
         self.before: dict[str, list[onnx.NodeProto]] = {}
         self.after: dict[str, list[onnx.NodeProto]] = {}
         self.initializers: list[onnx.TensorProto] = []
+        initializers = {init.name for init in self.model.graph.initializer}
+        # Min(x, constant) outputs: quantized as Min(Q(x), Q(constant)), on the integers
+        self.mins = {out: (x, c) for out, (x, c) in constant_mins(self.model).items() if c in initializers}
+        self.sunk: set[str] = set()  # those quantized so: their float Min goes where nothing else reads it
+        self.metadata: dict[str, str] = {}  # written into the model by finish, with finish's own
 
     def constant(self, name: str, value: np.ndarray) -> str:
         """Add ``value`` as an initializer named ``name``; return the name."""
@@ -44,12 +52,33 @@ class GraphEdit:
 
     def quantize_dequantize(self, before: str, tensor: str, prefix: str, p: QParams,
                             axis: int | None = None) -> str:
-        """Insert Q and DQ of ``tensor`` ahead of node ``before``; return the dequantized name."""
+        """Insert Q and DQ of ``tensor`` ahead of node ``before``; return the dequantized name. 16-bit
+        params below opset 21 use onnxruntime's com.microsoft Q/DQ (the model keeps its opset). When ``tensor``
+        is a Min of a tensor and a constant (an equalized ReLU6's per-channel clip), the Min moves behind the
+        QuantizeLinear onto the 8-bit integers (exact: quantizing is monotonic), so the layer before it still
+        fuses into an integer kernel."""
         scale, zero_point = self.qparam_inputs(prefix, p)
         kwargs = {"axis": axis} if axis is not None and np.size(p.scale) > 1 else {}
-        self.add_node(before, helper.make_node("QuantizeLinear", [tensor, scale, zero_point],
-                                               [f"{prefix}_quantized"], name=f"{prefix}/QuantizeLinear", **kwargs))
+        if p.bits > 8 and self.opset < INT16_OPSET:
+            kwargs["domain"] = CONTRIB_DOMAIN
+        source, points = tensor, None
+        if tensor in self.mins and p.bits == 8 and np.size(p.scale) == 1:  # the Min moves onto the integers
+            source, points = self.mins[tensor]
+        quantized = f"{prefix}_quantized" if points is None else f"{prefix}_unclipped"
+        self.add_node(before, helper.make_node("QuantizeLinear", [source, scale, zero_point],
+                                               [quantized], name=f"{prefix}/QuantizeLinear", **kwargs))
+        if points is not None:
+            self.sunk.add(tensor)
+            value = numpy_helper.to_array(next(i for i in self.model.graph.initializer if i.name == points))
+            bounds = self.constant(f"{prefix}_clip_points", quantize(value, p))
+            self.add_node(before, helper.make_node("Min", [quantized, bounds], [f"{prefix}_quantized"],
+                                                   name=f"{prefix}/Min"))
         return self.dequantize(before, f"{prefix}_quantized", prefix, scale, zero_point, kwargs)
+
+    @property
+    def opset(self) -> int:
+        """The model's ONNX opset."""
+        return next((o.version for o in self.model.opset_import if o.domain in ("", "ai.onnx")), MIN_OPSET)
 
     def integer_weight(self, before: str, prefix: str, lq: LayerQuant) -> str:
         """Store ``lq``'s integer weights and insert their DequantizeLinear ahead of ``before``."""
@@ -74,10 +103,17 @@ class GraphEdit:
             nodes.extend(self.before.get(node.name, []))
             nodes.append(node)
             nodes.extend(self.after.get(node.name, []))
+        read = {name for node in nodes for name in node.input} | {o.name for o in graph.output}
+        nodes = [node for node in nodes if not (node.op_type == "Min" and node.output[0] in self.sunk
+                                                and node.output[0] not in read)]
         del graph.node[:]
         graph.node.extend(nodes)
         graph.initializer.extend(self.initializers)
         drop_unused_initializers(self.model)
+        if any(n.domain == CONTRIB_DOMAIN for n in nodes) and \
+                not any(o.domain == CONTRIB_DOMAIN for o in self.model.opset_import):
+            self.model.opset_import.append(helper.make_opsetid(CONTRIB_DOMAIN, 1))
+        metadata = {**self.metadata, **(metadata or {})}
         if metadata:
             onnx.helper.set_model_props(self.model, {**model_metadata(self.model), **metadata})
         onnx.checker.check_model(self.model)

@@ -12,6 +12,8 @@ import numpy as np
 
 UINT8 = (0, 255)
 INT8 = (-128, 127)
+UINT16 = (0, 65535)  # 16-bit activations (layer state a16w8)
+INT16 = (-32768, 32767)
 
 
 @dataclass(frozen=True)
@@ -25,7 +27,13 @@ class QParams:
 
     @property
     def dtype(self) -> type:
-        return np.uint8 if self.qmin >= 0 else np.int8
+        if self.qmin >= 0:
+            return np.uint8 if self.qmax <= UINT8[1] else np.uint16
+        return np.int8 if self.qmax <= INT8[1] else np.int16
+
+    @property
+    def bits(self) -> int:
+        return 8 * np.dtype(self.dtype).itemsize
 
 
 def qparams_from_range(lo, hi, qrange=UINT8, symmetric=False) -> QParams:

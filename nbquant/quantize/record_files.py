@@ -3,7 +3,8 @@
 ``scale_offset_record.txt`` is the reference tool's protobuf-text layout. Its convention is
 ``q = clip(round(x / scale_d) + offset_d, -128, 127)``, so nbquant's uint8 zero point z is
 written as the equivalent int8 offset ``z - 128``. nbquant adds ``weight_max``, the largest
-|integer weight| of the layer (64 where the deploy target keeps pair sums from saturating).
+|integer weight| of the layer (64 where the deploy target keeps pair sums from saturating); a layer
+with 16-bit activations (state a16w8) has ``act_type: "INT16"`` and the int16 offset ``z - 32768``.
 """
 
 from __future__ import annotations
@@ -22,14 +23,14 @@ def format_scale_offset_record(quant: dict[str, LayerQuant]) -> str:
     lines = []
     for name, lq in quant.items():
         act = lq.activation
-        offset = int(act.zero_point) - (128 if act.qmin >= 0 else 0)
+        offset = int(act.zero_point) - ((act.qmax + 1) // 2 if act.qmin >= 0 else 0)
         lines += ["record {", f'  key: "{name}"', "  value {",
                   f"    scale_d: {float(act.scale):.9g}", f"    offset_d: {offset}"]
         scales = np.atleast_1d(lq.weight.scale)
         lines += [f"    scale_w: {float(s):.9g}" for s in scales]
         lines += ["    offset_w: 0"] * len(scales)
         lines += [f"    weight_max: {int(lq.weight.qmax)}"]
-        lines += ['    act_type: "INT8"', '    wts_type: "INT8"', "  }", "}"]
+        lines += [f'    act_type: "INT{act.bits}"', '    wts_type: "INT8"', "  }", "}"]
     return "\n".join(lines) + "\n"
 
 
@@ -62,9 +63,9 @@ def parse_scale_offset_record(text: str) -> dict[str, dict]:
 
 def make_quant_map(model_name: str, layer_names: list[str], fusions: list[dict],
                    renamed: list[str], enabled: list[str], weight_max: dict[str, int] | None = None,
-                   deploy_target: str | None = None) -> dict:
+                   deploy_target: str | None = None, states: dict[str, str] | None = None) -> dict:
     """What became of the original nodes: fusions, renamed nodes, each layer's origin, and the
-    deploy target with each layer's weight range."""
+    deploy target with each layer's weight range (and ``precision``, its state, where ``states`` gives it)."""
     origin = {f["layer"]: f["original_nodes"] for f in fusions}
     weight_max = weight_max or {}
     return {
@@ -75,7 +76,9 @@ def make_quant_map(model_name: str, layer_names: list[str], fusions: list[dict],
         "renamed_nodes": renamed,
         "layers": {
             name: {"original_nodes": origin.get(name, [name]), "quantized": name in enabled,
-                   "weight_max": weight_max.get(name)}
+                   "weight_max": weight_max.get(name),
+                   **({"precision": str(getattr(states[name], "value", states[name]))}
+                      if states and name in states else {})}
             for name in layer_names
         },
     }

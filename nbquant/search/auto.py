@@ -37,6 +37,7 @@ from .auto_settings import AutoSettings
 from .context import RunContext
 from .measure import EvaluatorError, search_evaluator
 from .outcome import AutoCalibrationResult, fail, finish
+from .precision import layer_costs, preferred_step, settle_states
 from .ranking import rank_layers, ranking_pairs
 from .record import (
     EvaluationOrder,
@@ -65,9 +66,10 @@ def auto_calibrate(model, data, *, calib_data=None, evaluator=None, settings: Au
     images (default ``data``; ``calib_settings.calib_num`` spread over it). For models that do not
     take images both can be arrays instead (a ``.npz``/``.npy`` file, a dict of arrays, input dicts;
     see :mod:`nbquant.data.tensors`). ``evaluator``: any object with ``evaluate(model_path)`` and
-    ``metric_eval(original, new)``; by default top-1 (or, without labels, top-1 agreement with the
-    float model; for arrays, mean cosine similarity to the float model's output) with
-    ``settings.max_drop``.
+    ``metric_eval(original, new)``; by default the built-in one with ``settings.metric`` and
+    ``settings.max_drop`` (no metric: top-1 for class scores with labels, else top-1 agreement with the
+    float model; IoU with the float model's thresholded map for maps; mean cosine similarity to the float
+    model's output for the rest, e.g. embeddings).
     ``config`` (QuantConfig or config.json path) sets per-layer methods; layers it disables
     stay in float and are not searched. ``executor`` (a ``concurrent.futures.Executor`` or a
     ``dask.distributed`` Client) runs the built-in evaluator's images in shards on its workers;
@@ -94,10 +96,9 @@ def _auto_calibrate(model, data, calib_data, evaluator, settings, calib_settings
     if type(calib_all) is not type(all_data):
         raise ConfigError("calibration and evaluation data must both be images or both be arrays")
     calib_set = calib_all.spread(calib_settings.calib_num)
-    if evaluator is None:
-        unlabeled = "cosine" if isinstance(eval_data, TensorDataset) else "agreement"
-        metric = settings.metric or ("top1" if eval_data.labeled else unlabeled)
-        evaluator = LogitEvaluator(eval_data, metric, settings.max_drop, settings.relative, executor=executor)
+    if evaluator is None:  # metric None: the evaluator picks it from the float model's output (and logs it)
+        evaluator = LogitEvaluator(eval_data, settings.metric, settings.max_drop, settings.relative,
+                                   executor=executor)
     elif executor is not None:
         raise ConfigError("executor runs the built-in evaluator's shards; a custom evaluator brings its own "
                           "parallelism (leave executor unset)")
@@ -128,10 +129,14 @@ def _run(run: RunContext) -> AutoCalibrationResult:
              else f"below the target (decided after {first.images} images)")
     ranking = _ranking(run, calibrator)
     final = frozenset() if first.ok else steps.search(run.settings.strategy, list(ranking["layer"]))
-    steps.close()
     if final is None:
+        steps.close()
         return fail(run, calibrator, ranking)
-    return finish(run, calibrator, steps.cache[final], ranking)
+    costs = layer_costs(run, calibrator)
+    chosen = preferred_step(run, costs, steps.cache[final])
+    chosen = settle_states(run, steps, calibrator, costs, chosen)
+    steps.close()
+    return finish(run, calibrator, chosen, ranking, costs)
 
 
 def _log_start(run: RunContext) -> None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from ..errors import ConfigError
 from ..options import check_int, check_number
+from .objective import Objective
 from .ranking import METHODS as SENSITIVITY_METHODS
 from .strategies import STRATEGIES
 
@@ -22,9 +23,10 @@ class AutoSettings:
     max_evals: int = 10  # every model evaluated, the float and all-int8 ones included
     eval_num: int | None = None
     rank_num: int = 32
-    metric: str | None = None  # built-in evaluator: top1 when labeled, else agreement (images) or cosine (arrays)
+    metric: str | None = None  # built-in evaluator; None: picked by the output's shape (see LogitEvaluator)
     check_deploy: bool = True  # judge the deploy model (where this CPU runs it exactly); False: the simulation
     early_decisions: bool = True  # stop an evaluation once it cannot meet the budget (top1, agreement)
+    objective: str = "latency"  # among passing configurations: predicted latency on this CPU, size or count
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -32,6 +34,7 @@ class AutoSettings:
         if self.sensitivity not in SENSITIVITY_METHODS:
             raise ConfigError(f"sensitivity must be one of {', '.join(SENSITIVITY_METHODS)}, "
                               f"got {self.sensitivity!r}")
+        object.__setattr__(self, "objective", Objective.parse(self.objective, "objective").value)
         check_int("max_evals", self.max_evals)
         check_int("rank_num", self.rank_num)
         if self.eval_num is not None:

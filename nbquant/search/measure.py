@@ -111,7 +111,7 @@ class BuiltinEvaluator:
 
     @property
     def distance(self) -> str:
-        return "cosine" if self.evaluator.metric == "cosine" else "kl"
+        return self.evaluator.distance
 
     def prepare(self, float_model, pre: Preprocess | None, folder: Path, progress: bool, cache=None) -> None:
         """Decode the images into ``folder`` (or take them from ``cache``) and compute the float model's

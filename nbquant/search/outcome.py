@@ -12,11 +12,15 @@ import pandas as pd
 from ..calibration.calibrator import Calibrator
 from ..calibration.config import config_to_dict
 from ..calibration.run import CalibrationResult, quantize_models, write_run
+from ..evaluation.latency_model import LayerCosts
 from ..files import RunPaths, atomic_write_json
 from ..quantize.cpu_probe import probe_int8
 from ..quantize.deploy_target import inexact_kinds_here, target_metadata
+from ..quantize.layer_states import make_state_model
 from ..timing import timed
 from .context import RunContext
+from .objective import pareto_table
+from .precision import measured_latency
 from .record import Step, jsonable_metric, load_record
 
 log = logging.getLogger(__name__)
@@ -41,6 +45,9 @@ class AutoCalibrationResult:
     calibrator: Calibrator | None = field(default=None, repr=False)  # every layer, as searched
     evaluator: object = field(default=None, repr=False)  # prepared: images decoded, float outputs cached
     stage_times: pd.DataFrame | None = field(default=None, repr=False)  # seconds per stage (nbquant.timing)
+    states: dict[str, str] = field(default_factory=dict)  # layers in a state other than int8 and float
+    pareto: pd.DataFrame | None = field(default=None, repr=False)  # every configuration: metric, latency, size
+    latency: dict = field(default_factory=dict)  # final deploy model: predicted_ms, measured_ms (batch 1)
 
     @property
     def evaluations(self) -> int:
@@ -59,20 +66,34 @@ class AutoCalibrationResult:
 
     def __repr__(self) -> str:
         n = len(self.ranking)
-        return (f"AutoCalibrationResult(ok={self.ok}, int8={n - len(self.float_layers)}/{n}, "
+        others = "".join(f", {state}={count}" for state, count in
+                         sorted(pd.Series(list(self.states.values()), dtype=object).value_counts().items()))
+        n_int8 = n - len(self.float_layers) - len(self.states)
+        return (f"AutoCalibrationResult(ok={self.ok}, int8={n_int8}/{n}{others}, "
                 f"original={self.original_metric!r}, final={self.final_metric!r}, "
                 f"evaluations={self.evaluations}, seconds={self.seconds:.1f})")
 
 
-def finish(run: RunContext, calibrator: Calibrator, step: Step, ranking: pd.DataFrame) -> AutoCalibrationResult:
+def finish(run: RunContext, calibrator: Calibrator, step: Step, ranking: pd.DataFrame,
+           costs: LayerCosts | None = None) -> AutoCalibrationResult:
     """Write the final models, config and files for the passing ``step`` (plus the layers the config
-    keeps in float); evaluate the deploy model when the search judged the simulation."""
+    keeps in float, and its layers in other states); evaluate the deploy model when the search judged the
+    simulation; with ``costs``, predict and measure the final model's latency."""
     prepared, paths, original = run.prepared, run.paths, run.record.original_metric
     kept_float = {name for name, layer in calibrator.config.layers.items() if not layer.enabled}
     final = sorted(set(step.float_layers) | kept_float)
-    final_config = calibrator.config.with_float(final)
-    final_cal = calibrator.with_config(final_config)
-    fake, deploy = quantize_models(prepared, final_cal)
+    states = dict(step.states or {})
+    if states:
+        final_config = calibrator.config.with_states({**dict.fromkeys(final, "float"), **states})
+        final_cal = calibrator.with_config(final_config)
+        target, params = final_config.deploy_target, final_cal.tensor_qparams_
+        with timed("building the quantized models"):
+            fake = make_state_model(prepared.model, final_cal.quant_, states, params, target, deploy=False)
+            deploy = make_state_model(prepared.model, final_cal.quant_, states, params, target, deploy=True)
+    else:
+        final_config = calibrator.config.with_float(final)
+        final_cal = calibrator.with_config(final_config)
+        fake, deploy = quantize_models(prepared, final_cal)
     calibration = CalibrationResult(prepared, final_config, final_cal, fake, deploy, 0.0, paths)
     write_run(calibration, paths)
     atomic_write_json(paths.final_config, config_to_dict(final_config))
@@ -80,8 +101,10 @@ def finish(run: RunContext, calibrator: Calibrator, step: Step, ranking: pd.Data
     if deploy_metric is None and not inexact_kinds_here(target_metadata(final_cal.quant_, final_config.deploy_target)):
         with timed("checking the deploy model"):
             deploy_metric = _check_deploy(run, deploy)
+    latency = measured_latency(run, deploy, costs, step)
+    pareto = pareto_table(run.record.steps, costs, len(final_config.layers), step.step)
     seconds = time.perf_counter() - run.start
-    n, n_int8 = len(final_config.layers), len(final_config.enabled)
+    n, n_int8 = len(final_config.layers), len(final_config.enabled) - len(states)
     log.info("Accuracy of saved model is %s (%d of %d layers in int8, %d evaluations)", step.metric,
              n_int8, n, len(run.record.steps))
     log.info("The generated model is stored in dir: %s", paths.results)
@@ -89,13 +112,18 @@ def finish(run: RunContext, calibrator: Calibrator, step: Step, ranking: pd.Data
     log.info("%s", run.times.text(probe_int8().cpu))
     message = (f"target met: {n_int8} of {n} layers in int8, metric {step.metric} "
                f"(original {original}, loss {step.loss:.5f}; deploy model {deploy_metric})")
+    if states:
+        counts = pd.Series(list(states.values())).value_counts().sort_index()
+        message += ", " + ", ".join(f"{count} in {state}" for state, count in counts.items())
     table = pd.DataFrame({"layer": list(final_config.layers),
                           "op": [layer.op for layer in prepared.layers],
-                          "quant_enable": [c.enabled for c in final_config.layers.values()]})
+                          "quant_enable": [c.enabled for c in final_config.layers.values()],
+                          "state": [states.get(name, "float" if name in final else "int8")
+                                    for name in final_config.layers]})
     return AutoCalibrationResult(True, message, original, step.metric, final, load_record(paths.record), ranking,
                                  table, paths, seconds, calibration=calibration, deploy_metric=deploy_metric,
                                  calibrator=calibrator, evaluator=run.evaluator.evaluator,
-                                 stage_times=run.times.frame)
+                                 stage_times=run.times.frame, states=states, pareto=pareto, latency=latency)
 
 
 def _check_deploy(run: RunContext, deploy):

@@ -19,7 +19,7 @@ from ..files import atomic_write_json
 
 RECORD_VERSION = 1
 HISTORY_COLUMNS = ["step", "kind", "n_float", "n_int8", "metric", "loss", "deploy_metric", "ok", "seconds",
-                   "judged", "images", "decided_early", "metric_upper", "float_layers"]
+                   "judged", "images", "decided_early", "metric_upper", "float_layers", "states"]
 # the JSON keys of a step, in the order they have always been written
 _KEYS = ("step", "kind", "float_layers", "metric", "loss", "ok")
 _JUDGED_KEYS = ("judged", "images", "decided_early", "metric_upper")
@@ -50,6 +50,7 @@ class Step:
     metric_upper: float | None = None
     deploy_metric: object = None
     deploy_loss: float | None = None
+    states: dict[str, str] | None = None  # layers in a state other than int8 and float (a16w8, dynamic, ...)
 
     @property
     def has_deploy(self) -> bool:
@@ -62,12 +63,12 @@ class Step:
             keys = _KEYS + deploy + ("seconds", "images")
         else:
             keys = _KEYS + _JUDGED_KEYS + deploy + ("seconds",)
-        return {key: getattr(self, key) for key in keys}
+        return {key: getattr(self, key) for key in keys} | ({"states": dict(self.states)} if self.states else {})
 
     @classmethod
     def from_dict(cls, data: dict) -> Step:
         values = {key: data.get(key) for key in _KEYS + _JUDGED_KEYS + _DEPLOY_KEYS + ("seconds",)}
-        return cls(**{**values, "float_layers": list(data["float_layers"])})
+        return cls(**{**values, "float_layers": list(data["float_layers"]), "states": data.get("states") or None})
 
 
 @dataclass
@@ -188,17 +189,18 @@ def load_record(path) -> pd.DataFrame:
             rows.append({"step": step, "kind": "search", "n_float": len(float_layers),
                          "n_int8": len(flags) - len(float_layers), "metric": np.nan, "loss": loss,
                          "deploy_metric": np.nan, "ok": ok, "seconds": np.nan, "judged": "fake_quant",
-                         "float_layers": float_layers})
+                         "float_layers": float_layers, "states": {}})
     return pd.DataFrame(rows, columns=HISTORY_COLUMNS)
 
 
 def _history_row(step: Step, n_layers: int) -> dict:
+    states = dict(step.states or {})
     return {"step": step.step, "kind": step.kind, "n_float": len(step.float_layers),
-            "n_int8": n_layers - len(step.float_layers), "metric": step.metric, "loss": step.loss,
+            "n_int8": n_layers - len(step.float_layers) - len(states), "metric": step.metric, "loss": step.loss,
             "deploy_metric": step.deploy_metric if step.has_deploy else np.nan,  # steps judged on the deploy model
             "ok": step.ok, "seconds": step.seconds, "judged": step.judged, "images": step.images,
             "decided_early": step.decided_early, "metric_upper": step.metric_upper,
-            "float_layers": list(step.float_layers)}
+            "float_layers": list(step.float_layers), "states": states}
 
 
 def load_ranking(path) -> pd.DataFrame:

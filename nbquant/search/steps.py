@@ -20,6 +20,7 @@ from ..errors import NbquantError, stage
 from ..quantize.deploy import make_deploy_model
 from ..quantize.deploy_target import inexact_kinds_here, target_metadata
 from ..quantize.fake_quant import make_fake_quant_model
+from ..quantize.layer_states import make_state_model
 from ..timing import timed
 from .auto_settings import AutoSettings
 from .context import RunContext
@@ -31,9 +32,12 @@ log = logging.getLogger(__name__)
 
 
 def config_model(model: onnx.ModelProto, quant: dict, float_layers, output_qparams: dict, target,
-                 deploy: bool) -> onnx.ModelProto:
-    """``model`` with every layer of ``quant`` (name -> LayerQuant) in int8 except ``float_layers``: the
-    deploy model (int8 weights, onnxruntime's integer kernels) or its fake-quant simulation."""
+                 deploy: bool, states: dict | None = None) -> onnx.ModelProto:
+    """``model`` with every layer of ``quant`` (name -> LayerQuant) in int8 except ``float_layers`` (and
+    the layers ``states`` puts in another state, see :mod:`nbquant.quantize.layer_states`): the deploy model
+    (int8 weights, onnxruntime's integer kernels) or its fake-quant simulation."""
+    if states:
+        return make_state_model(model, quant, states, output_qparams, target, deploy, float_layers)
     kept = {name: lq for name, lq in quant.items() if name not in float_layers}
     build = make_deploy_model if deploy else make_fake_quant_model
     return build(model, kept, output_qparams, target)
@@ -53,6 +57,11 @@ def choose_judge(settings: AutoSettings, calibrator: Calibrator) -> str:
     return "deploy"
 
 
+def config_key(float_layers, states: dict | None = None):
+    """How a configuration is looked up: its float set, with its other states when it has any."""
+    return frozenset(float_layers) if not states else (frozenset(float_layers), frozenset(states.items()))
+
+
 class StepEvaluator:
     """Evaluates configurations once each, records every step, tracks the best passing one.
 
@@ -63,7 +72,7 @@ class StepEvaluator:
     def __init__(self, run: RunContext, calibrator: Calibrator, judge: str):
         self.run, self.calibrator, self.judge = run, calibrator, judge
         self.max_evals = run.settings.max_evals
-        self.cache = {frozenset(s.float_layers): s for s in run.record.steps if s.kind != "original"}
+        self.cache = {config_key(s.float_layers, s.states): s for s in run.record.steps if s.kind != "original"}
         identity = run.evaluator.identity if run.cache.enabled and run.calibration_key is not None else None
         self.base_key = None if identity is None else make_key("evaluations", run.calibration_key, identity, judge)
         self.bar = tqdm(total=self.max_evals, desc="auto-calibrate", unit="eval", disable=not run.progress)
@@ -72,27 +81,31 @@ class StepEvaluator:
     def check(self, float_layers: frozenset) -> bool:
         return self.step(float_layers).ok
 
-    def step(self, float_layers: frozenset, kind: str = "search") -> Step:
-        if float_layers in self.cache:
-            return self.cache[float_layers]
+    def step(self, float_layers: frozenset, kind: str = "search", states: dict | None = None) -> Step:
+        """The step of this configuration (``states``: layers in a state other than int8 and float)."""
+        states = {name: str(getattr(s, "value", s)) for name, s in (states or {}).items()}
+        key = config_key(float_layers, states)
+        if key in self.cache:
+            return self.cache[key]
         record = self.run.record
         if len(record.steps) >= self.max_evals:
             raise BudgetExhausted()
         number = len(record.steps)
         with timed(f"search step {number} ({len(float_layers)} in float)"):
-            step = self._step(float_layers, kind, number)
+            step = self._step(frozenset(float_layers), kind, number, states)
         return step
 
-    def _step(self, float_layers: frozenset, kind: str, number: int) -> Step:
+    def _step(self, float_layers: frozenset, kind: str, number: int, states: dict) -> Step:
         record, start = self.run.record, time.perf_counter()
         calibrator = self.calibrator
-        key = None if self.base_key is None else make_key("evaluation", self.base_key, sorted(float_layers))
+        key = None if self.base_key is None else make_key("evaluation", self.base_key, sorted(float_layers),
+                                                          *([sorted(states.items())] if states else []))
         measured = self._from_cache(key)
         if measured is None:
             with stage(f"building the {self.judge.replace('_', '-')} model of step {number}", self.run.prepared.name):
                 model = config_model(self.run.prepared.model, calibrator.quant_, float_layers,
                                      calibrator.tensor_qparams_, calibrator.config.deploy_target,
-                                     self.judge == "deploy")
+                                     self.judge == "deploy", states)
             measured = self._measure(model, number, float_layers)
             if key is not None:
                 self.run.cache.put(key, {"metric": jsonable_metric(measured.metric), "images": measured.images,
@@ -103,13 +116,13 @@ class StepEvaluator:
         step = Step(number, kind, sorted(float_layers), jsonable_metric(measured.metric),
                     None if loss is None else float(loss), bool(ok), images=measured.images, judged=self.judge,
                     decided_early=measured.decided_early,
-                    metric_upper=measured.upper if measured.decided_early else None)
+                    metric_upper=measured.upper if measured.decided_early else None, states=states or None)
         if self.judge == "deploy":
             step.deploy_metric, step.deploy_loss = step.metric, step.loss
         step.seconds = round(time.perf_counter() - start, 3)
         record.steps.append(step)
         save_record(record, self.run.paths.record)
-        self.cache[float_layers] = step
+        self.cache[config_key(float_layers, states)] = step
         self._report(step, measured, loss)
         return step
 
@@ -149,14 +162,15 @@ class StepEvaluator:
         metric = measured.metric
         outcome = (f"metric {metric}, loss {loss:.5f}, {'ok' if step.ok else 'not ok'}" if not step.decided_early
                    else f"not ok, decided after {step.images} images")
-        log.info("step %d: %d of %d layers in float, %s model %s", step.step, len(step.float_layers),
-                 len(self.calibrator.quant_), self.judge.replace("_", "-"), outcome)
+        others = "".join(f", {layer} in {state}" for layer, state in sorted((step.states or {}).items()))
+        log.info("step %d: %d of %d layers in float%s, %s model %s", step.step, len(step.float_layers),
+                 len(self.calibrator.quant_), others, self.judge.replace("_", "-"), outcome)
         self.bar.update(1)
         self.bar.set_postfix(step=step.step, float=len(step.float_layers), metric=f"{metric}", ok=step.ok)
 
     def best_passing(self) -> frozenset | None:
         """The passing configuration with the fewest float layers (then the smallest loss)."""
-        passing = [s for s in self.run.record.steps if s.ok and s.kind != "original"]
+        passing = [s for s in self.run.record.steps if s.ok and s.kind != "original" and not s.states]
         best = min(passing, key=lambda s: (len(s.float_layers), s.loss), default=None)
         return None if best is None else frozenset(best.float_layers)
 

@@ -94,8 +94,11 @@ def test_calibrate_and_auto_calibrate_on_arrays(encoder, tmp_path):
                             settings=AutoSettings(max_drop=0.0001, rank_num=16))
     assert result.ok, result.message
     record = json.loads(result.paths.record.read_text())
-    assert "cosine" in record["settings"]["evaluator"] and record["settings"]["preprocess"].startswith("none")
-    assert 0 < len(result.float_layers) < 8 and result.deploy_metric >= 1 - 0.0001
+    assert "metric='auto'" in record["settings"]["evaluator"] and record["settings"]["preprocess"].startswith("none")
+    assert result.evaluator.metric == "cosine"  # picked by the output's shape: not class scores, not a map
+    assert "metric cosine (not class scores" in (result.paths.log_file).read_text()
+    assert 0 < len(result.float_layers) + len(result.states) < 8 and result.deploy_metric >= 1 - 0.0001
+    assert set(result.states.values()) <= {"dynamic"}  # latency: a MatMul that misses the budget goes dynamic
     assert result.history["loss"].iloc[1] > 0.0001  # all-int8 misses this tight budget: the search ran
     assert (result.ranking["metric"] == "output").all() and result.ranking["score"].between(0.99, 1).all()
 
@@ -123,8 +126,9 @@ def test_arrays_on_an_executor_give_the_in_process_results(encoder, tmp_path):
         assert pooled.evaluate(quantized) == here.evaluate(quantized) < 1
         on_pool = auto_calibrate(path, npz, save_dir=tmp_path / "pool", calib_settings=STATIC, progress=False,
                                  settings=settings, executor=executor)
-    assert on_pool.float_layers == in_process.float_layers and len(in_process.float_layers) > 0
-    columns = ["kind", "float_layers", "metric", "ok"]
+    assert on_pool.float_layers == in_process.float_layers and on_pool.states == in_process.states
+    assert len(in_process.float_layers) + len(in_process.states) > 0
+    columns = ["kind", "float_layers", "states", "metric", "ok"]
     assert on_pool.history[columns].equals(in_process.history[columns])
     assert on_pool.ranking["score"].tolist() == in_process.ranking["score"].tolist()
 

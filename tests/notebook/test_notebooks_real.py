@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import need_ocr_package
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -25,6 +26,8 @@ LIMIT_SECONDS = 180
 
 @pytest.mark.parametrize("name", NAMES)
 def test_notebook_runs_top_to_bottom(name, real_model_path, real_data, tmp_path, monkeypatch):
+    if name == "04_dense_outputs.ipynb":
+        need_ocr_package()  # its model is the zoo's text detector
     monkeypatch.setenv("NBQUANT_MODEL", str(Path(real_model_path).resolve()))
     monkeypatch.setenv("NBQUANT_DATA", str(Path(real_data.root).resolve()))
     folder = tmp_path / "notebooks"

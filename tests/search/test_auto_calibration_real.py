@@ -55,6 +55,12 @@ def test_default_run_meets_a_tight_budget(real_model_path, real_data, tmp_path):
     assert result.original_metric - result.final_metric <= 0.002 + 1e-9
     assert result.original_metric - result.deploy_metric <= 0.002 + 1e-9  # the shipped model meets it too
     assert len(result.float_layers) <= 5 and result.evaluations <= 10
+    # the default objective: the passing configuration predicted fastest here, its latency measured
+    assert result.latency["predicted_ms"] > 0 and result.latency["measured_ms"] > 0
+    chosen = result.pareto[result.pareto["chosen"]]
+    assert len(chosen) == 1 and chosen["ok"].all() and sorted(chosen["float_layers"].iloc[0]) == result.float_layers
+    passing = result.pareto[result.pareto["ok"] & (result.pareto["n_other_state"] == 0)]
+    assert chosen["predicted_ms"].iloc[0] <= passing["predicted_ms"].min() + 1e-9
     for path in (result.paths.fake_quant_model, result.paths.deploy_model, result.paths.final_config,
                  result.paths.ranking, result.paths.record, result.paths.log_file):
         assert path.is_file(), path
@@ -65,7 +71,8 @@ def test_default_run_meets_a_tight_budget(real_model_path, real_data, tmp_path):
     passing = history[history["ok"] & (history["kind"] != "original")]
     assert len(passing) and passing["deploy_metric"].notna().all()
     assert result.deploy_evaluations >= len(passing)
-    assert history["float_layers"].map(tuple).is_unique
+    configurations = [(tuple(f), tuple(sorted(s.items()))) for f, s in zip(history["float_layers"], history["states"])]
+    assert len(set(configurations)) == len(configurations)  # each evaluated once
     ranking = load_ranking(result.paths.ranking)
     assert len(ranking) == 50 and ranking["score"].is_monotonic_increasing
     log = result.paths.log_file.read_text()
@@ -156,7 +163,7 @@ def test_unreachable_target_writes_no_model(real_model_path, real_data, tmp_path
 
 def test_interrupt_then_resume_reevaluates_nothing(real_model_path, real_data, tmp_path):
     harmful = ["/_blocks.3/_expand_conv/Conv"]
-    settings = AutoSettings(rank_num=8, sensitivity="cosine")
+    settings = AutoSettings(rank_num=8, sensitivity="cosine", max_evals=20)  # enough to isolate the layer
     with pytest.raises(KeyboardInterrupt):
         auto_calibrate(real_model_path, real_data, evaluator=HarmfulLayers(harmful, interrupt_at=4),
                        save_dir=tmp_path, settings=settings, calib_settings=FAST_CALIB, progress=False)
@@ -214,7 +221,6 @@ def test_evaluator_that_fails_names_the_step(real_model_path, real_data, tmp_pat
 
 
 def test_early_decisions_give_the_verdicts_of_full_evaluations(real_model_path, real_data, tmp_path):
-    from nbquant.graph.prepare import prepare_model
     from nbquant.quantize.deploy import make_deploy_model
 
     result = auto_calibrate(real_model_path, real_data, save_dir=tmp_path, calib_settings=COARSE_CALIB, progress=False,
@@ -222,7 +228,8 @@ def test_early_decisions_give_the_verdicts_of_full_evaluations(real_model_path, 
     steps = result.history[result.history["kind"] != "original"]
     assert not steps.set_index("kind").loc["all_int8", "ok"], steps  # the all-int8 model misses: decided early
     assert steps["decided_early"].any(), steps
-    model, calibrator, evaluator = prepare_model(real_model_path).model, result.calibrator, result.evaluator
+    assert result.calibrator.config.equalize  # per-tensor: equalized; the deploy models are built from that model
+    model, calibrator, evaluator = result.calibration.prepared.model, result.calibrator, result.evaluator
     for row in steps.itertuples():
         quant = {k: v for k, v in calibrator.quant_.items() if k not in set(row.float_layers)}
         full = evaluator.evaluate(make_deploy_model(model, quant, calibrator.tensor_qparams_,

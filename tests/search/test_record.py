@@ -47,8 +47,8 @@ TODAYS_RECORD = {
 def _old_history(record: dict) -> pd.DataFrame:
     """load_record's DataFrame as the dict-based reader built it."""
     layers = record.get("layers", [])
-    rows = [{**{k: s.get(k) for k in HISTORY_COLUMNS if k not in ("float_layers", "deploy_metric")},
-             "deploy_metric": s.get("deploy_metric", np.nan), "float_layers": list(s["float_layers"]),
+    rows = [{**{k: s.get(k) for k in HISTORY_COLUMNS if k not in ("float_layers", "deploy_metric", "states")},
+             "deploy_metric": s.get("deploy_metric", np.nan), "float_layers": list(s["float_layers"]), "states": {},
              "n_float": len(s["float_layers"]), "n_int8": len(layers) - len(s["float_layers"])}
             for s in record["steps"]]
     return pd.DataFrame(rows, columns=HISTORY_COLUMNS)
@@ -62,7 +62,9 @@ def test_record_round_trips_through_json(tmp_path):
                      Step(1, "all_int8", [], None, None, False, seconds=0.1, images=2, judged="deploy",
                           decided_early=True, metric_upper=0.25),
                      Step(2, "search", ["Conv_0"], 0.5, 0.0, True, seconds=0.1, images=4, judged="fake_quant",
-                          decided_early=False)]
+                          decided_early=False),
+                     Step(3, "states", [], 0.5, 0.0, True, seconds=0.1, images=4, judged="deploy",
+                          decided_early=False, states={"Conv_0": "a16w8"})]
     path = tmp_path / "record.json"
     save_record(record, path)
     assert read_record(path) == record

@@ -1,0 +1,307 @@
+"""Latency on this CPU: onnxruntime's per-node profile, per-layer costs of each state, and wall time.
+
+The sessions live here; what a mixed model costs follows from the costs by the pure functions of
+:mod:`nbquant.evaluation.latency_model`. Every session is made by :func:`make_session`, as nbquant runs
+deploy models (all graph optimizations, integer kernels, layers kept in float stay in float); threads:
+``make_session``'s default (every core) unless given.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Collection, Iterable, Mapping
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pandas as pd
+
+from ..errors import ConfigError, ModelError
+from ..graph.layers import Layer, find_layers
+from ..options import check_count, check_int
+from .latency_model import (
+    OTHER,
+    LayerCosts,
+    attribute_nodes,
+    crossing_rates,
+    crossing_us,
+    layer_keys,
+    layer_neighbours,
+)
+from .session import make_session
+
+WARMUP = 3  # runs before any timed one: the first runs pack weights and grow the arena
+# after another session ran, its worker threads spin on for a while and take a core: the next session's
+# first runs are slow (EfficientNet-Lite0, 2 cores, batch 1: 9 ms instead of 2.4 for 40 ms), so each
+# turn of a session starts with untimed runs for this long (at most REWARM_RUNS runs: a tiny model's profile
+# would fill with thousands)
+REWARM_SECONDS = 0.1
+REWARM_RUNS = 100
+
+
+def batch_feed(feeds, session_inputs, batch: int) -> dict[str, np.ndarray]:
+    """``feeds`` (an array for the first input, or arrays by input name) cut or repeated along the first
+    axis to ``batch`` rows."""
+    batch = check_int("batch", batch)
+    named = feeds if isinstance(feeds, dict) else {session_inputs[0].name: feeds}
+    out = {}
+    for name, value in named.items():
+        value = np.asarray(value)
+        if value.ndim == 0:
+            raise ConfigError(f"feed {name!r} is a scalar: latency needs a batch of inputs [N, ...]")
+        reps = -(-batch // value.shape[0])
+        out[name] = np.ascontiguousarray(np.concatenate([value] * reps)[:batch] if reps > 1 else value[:batch])
+    return out
+
+
+def _elements(type_shapes) -> int:
+    """Elements of the first tensor of a profile event's ``input_type_shape`` / ``output_type_shape``."""
+    if not type_shapes:
+        return 0
+    shape = next(iter(type_shapes[0].values()))
+    return int(np.prod(shape)) if shape else 1
+
+
+def read_profile(path: str | os.PathLike, skip: int | Collection[int],
+                 rounds: Mapping[int, int] | None = None) -> tuple[pd.DataFrame, float]:
+    """Nodes of an onnxruntime profile (``enable_profiling``) without the runs in ``skip`` (run indices, or
+    an int: the first runs): one row per node in execution order with ``node``, ``op``, ``us`` (median kernel
+    microseconds over the kept runs), ``elements`` (of its first input) and ``out_elements``; and the
+    median kept run in microseconds. ``rounds`` (kept run index -> round) keeps the round whose median run
+    is the shortest: the stretch the machine disturbed least."""
+    events = json.loads(Path(path).read_text())
+    runs = sorted((e["ts"], e["dur"]) for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
+    skipped = set(range(skip)) if isinstance(skip, int) else set(skip)
+    kept = [i for i in range(len(runs)) if i not in skipped]
+    if not kept:
+        raise ModelError(f"profile {path} holds {len(runs)} runs, all of them skipped")
+    if rounds:
+        by_round: dict[int, list[int]] = {}
+        for i in kept:
+            by_round.setdefault(rounds.get(i, -1), []).append(i)
+        kept = min(by_round.values(), key=lambda group: np.median([runs[i][1] for i in group]))
+    starts = np.array([ts for ts, _ in runs])
+    rows = [(e["name"].removesuffix("_kernel_time"), e["args"].get("op_name", ""), e["dur"], e["ts"],
+             _elements(e["args"].get("input_type_shape")), _elements(e["args"].get("output_type_shape")))
+            for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    frame = pd.DataFrame(rows, columns=["node", "op", "us", "ts", "elements", "out_elements"])
+    frame = frame[np.isin(np.searchsorted(starts, frame["ts"].to_numpy(), side="right") - 1, kept)]
+    nodes = (frame.groupby(["node", "op"], sort=False)
+             .agg(us=("us", "median"), ts=("ts", "min"), elements=("elements", "max"),
+                  out_elements=("out_elements", "max"))
+             .reset_index().sort_values("ts").drop(columns="ts").reset_index(drop=True))
+    return nodes, float(np.median([runs[i][1] for i in kept]))
+
+
+def profile_models(models: dict, feeds, runs: int = 20, warmup: int = WARMUP, threads: int | None = None,
+                   rounds: int = 4) -> dict[str, tuple[pd.DataFrame, float]]:
+    """Per-node kernel times of each named model on ``feeds`` (see :func:`read_profile`), its median profiled
+    run in microseconds: ``warmup`` untimed runs, then ``runs`` profiled ones split over ``rounds`` rounds
+    that take the models in turn; each model's least disturbed round is kept (a busy spell of the machine,
+    or of the host under this VM, lasts a round or more). Each turn starts with untimed runs
+    (``REWARM_SECONDS``): the first runs after another session ran are slower."""
+    runs, warmup = check_count("runs", runs), check_int("warmup", warmup, minimum=0)
+    rounds = min(check_count("rounds", rounds), runs)
+    with tempfile.TemporaryDirectory(prefix="nbquant-profile-") as folder:
+        sessions = {name: make_session(_source(model), threads=threads, profile=Path(folder) / f"profile{i}")
+                    for i, (name, model) in enumerate(models.items())}
+        inputs = {name: batch_feed(feeds, s.get_inputs(), _batch_of(feeds)) for name, s in sessions.items()}
+        done = dict.fromkeys(sessions, 0)
+        skipped: dict[str, set[int]] = {name: set() for name in sessions}
+        round_of: dict[str, dict[int, int]] = {name: {} for name in sessions}
+
+        def run(name, count, timed_round=None):
+            for _ in range(count):
+                if timed_round is None:
+                    skipped[name].add(done[name])
+                else:
+                    round_of[name][done[name]] = timed_round
+                sessions[name].run(None, inputs[name])
+                done[name] += 1
+        for name in sessions:
+            run(name, warmup)
+        for r in range(rounds):
+            for name in sessions:
+                if len(sessions) > 1:
+                    _rewarm(lambda n=name: run(n, 1))
+                run(name, runs // rounds + (r < runs % rounds), r)
+        return {name: read_profile(session.end_profiling(), skipped[name], round_of[name])
+                for name, session in sessions.items()}
+
+
+def _rewarm(run_once) -> None:
+    """Untimed runs (at least one) for ``REWARM_SECONDS``, at most ``REWARM_RUNS``."""
+    end = time.perf_counter() + REWARM_SECONDS
+    run_once()
+    for _ in range(REWARM_RUNS - 1):
+        if time.perf_counter() >= end:
+            break
+        run_once()
+
+
+def profile_nodes(model, feeds, runs: int = 20, warmup: int = WARMUP,
+                  threads: int | None = None) -> tuple[pd.DataFrame, float]:
+    """Per-node kernel times of one model (:func:`profile_models`)."""
+    return profile_models({"model": model}, feeds, runs, warmup, threads, rounds=1)["model"]
+
+
+def _batch_of(feeds) -> int:
+    first = next(iter(feeds.values())) if isinstance(feeds, dict) else feeds
+    return int(np.asarray(first).shape[0])
+
+
+def _source(model):
+    """What make_session takes: a path as it is, anything else loaded."""
+    return model if isinstance(model, (str, os.PathLike)) else _load(model)
+
+
+def attribute(nodes: pd.DataFrame, model: onnx.ModelProto, layers: Collection[Layer]) -> pd.DataFrame:
+    """``nodes`` with a ``layer`` column: the layer each node belongs to, else ``"other"``
+    (:func:`~nbquant.evaluation.latency_model.attribute_nodes`); ``model``: the float model the layers are in."""
+    return nodes.assign(layer=attribute_nodes(nodes["node"], [layer.name for layer in layers],
+                                              layer_keys(model, layers)))
+
+
+def profile_layers(model, feeds, layers: Collection[Layer] | None = None, float_model=None,
+                   runs: int = 20, warmup: int = WARMUP, threads: int | None = None) -> pd.DataFrame:
+    """Median kernel microseconds per run of each layer of ``model`` (its nodes: the layer, its Q/DQ and the
+    kernels onnxruntime fused it into) and of the other ops (last row, ``other``), on ``feeds``.
+
+    ``layers`` default to the float layers of ``float_model`` (default ``model``); a deploy model's layers
+    are those of the float model it was built from. Columns: ``layer``, ``us``, ``nodes``.
+    """
+    proto = _load(model)
+    float_model = _load(float_model) if float_model is not None else proto
+    layers = list(layers) if layers is not None else find_layers(float_model)
+    nodes, _ = profile_nodes(proto, feeds, runs, warmup, threads)
+    return summarize(attribute(nodes, float_model, layers), [layer.name for layer in layers])
+
+
+def summarize(nodes: pd.DataFrame, names: list[str]) -> pd.DataFrame:
+    """Attributed nodes summed per layer in ``names`` order, ``other`` last."""
+    grouped = nodes.groupby("layer").agg(us=("us", "sum"), nodes=("node", "count"))
+    table = grouped.reindex(names + [OTHER]).fillna({"us": 0.0, "nodes": 0})
+    return table.astype({"nodes": int}).rename_axis("layer").reset_index()
+
+
+def _load(model) -> onnx.ModelProto:
+    if isinstance(model, onnx.ModelProto):
+        return model
+    path = Path(model)
+    if not path.is_file():
+        raise ModelError(f"model file {path} does not exist")
+    return onnx.load(str(path))
+
+
+def layer_bytes(model: onnx.ModelProto, layers: Iterable[Layer], quantized: bool) -> dict[str, int]:
+    """Bytes of each layer's constants: its weight and bias in the float model, or (``quantized``) the
+    integer weights, biases and quantization parameters nbquant names after it (``<layer>/...``)."""
+    sizes = {init.name: onnx.numpy_helper.to_array(init).nbytes for init in model.graph.initializer}
+    out = {}
+    for layer in layers:
+        if quantized:
+            out[layer.name] = sum(size for name, size in sizes.items() if name.startswith(layer.name + "/"))
+        else:
+            out[layer.name] = sum(sizes.get(name, 0) for name in (layer.weight, layer.bias) if name)
+    return out
+
+
+def cost_table(float_model, int8_model, feeds, probe_model=None, layers: Collection[Layer] | None = None,
+               runs: int = 20, warmup: int = WARMUP, threads: int | None = None, wall: bool = True) -> LayerCosts:
+    """Each layer's cost in float and in int8 at the batch size of ``feeds``, from one profile of the float
+    model and one of the all-int8 deploy model, and what a tensor crossing between float and int8 costs,
+    fitted on the profile of ``probe_model``: a deploy model with isolated layers in float
+    (:func:`~nbquant.evaluation.latency_model.probe_float_layers`). Without it the crossing ops are fitted
+    on the few that run at the two models' ends, which is rough (tensors of one or two sizes).
+    ``wall``: also time the two models unprofiled (:func:`measure_latencies`, ``runs`` runs each), which
+    turns predicted kernel time into wall time (``LayerCosts.scale``). Profiles and wall times are those of
+    each model's least disturbed round: the costs describe the machine undisturbed."""
+    float_model, int8_model = _load(float_model), _load(int8_model)
+    layers = list(layers) if layers is not None else find_layers(float_model)
+    if not layers:
+        raise ModelError(f"model {float_model.graph.name!r} has no quantizable layer to cost")
+    names = [layer.name for layer in layers]
+    models = {"int8": int8_model, "float": float_model} | ({"probe": probe_model} if probe_model is not None else {})
+    profiled = profile_models(models, feeds, runs, warmup, threads)
+    run_us = {name: run for name, (_, run) in profiled.items()}
+    profiles = {state: attribute(profiled[state][0], float_model, layers) for state in ("int8", "float")}
+    sums = {state: summarize(frame, names).set_index("layer")["us"] for state, frame in profiles.items()}
+    rates = crossing_rates([profiled["probe"][0]] if probe_model is not None else profiles.values())
+    in_elements, out_elements = _layer_elements(profiles, names)
+    sizes = {"int8": layer_bytes(int8_model, layers, True), "float": layer_bytes(float_model, layers, False)}
+    table = pd.DataFrame({
+        "kind": [layer.kind for layer in layers],
+        "int8_us": sums["int8"].loc[names].to_numpy(), "float_us": sums["float"].loc[names].to_numpy(),
+        "int8_bytes": [sizes["int8"][n] for n in names], "float_bytes": [sizes["float"][n] for n in names],
+        "in_elements": [in_elements[n] for n in names], "out_elements": [out_elements[n] for n in names],
+    }, index=pd.Index(names, name="layer"))
+    table["cross_in_us"] = [crossing_us(rates, e, "in") for e in table["in_elements"]]
+    table["cross_out_us"] = [crossing_us(rates, e, "out") for e in table["out_elements"]]
+    all_bytes = sum(onnx.numpy_helper.to_array(init).nbytes for init in float_model.graph.initializer)
+    wall_ms = {}
+    if wall:
+        timed = measure_latencies({"int8": int8_model, "float": float_model}, feeds, (_batch_of(feeds),), runs,
+                                  warmup, threads)
+        wall_ms = dict(zip(timed["model"], timed["best_round_ms"]))
+    return LayerCosts(table, layer_neighbours(float_model, layers),
+                      {state: float(sums[state].loc[OTHER]) for state in sums},
+                      int(all_bytes - table["float_bytes"].sum()), rates, _batch_of(feeds),
+                      threads if threads is not None else (os.cpu_count() or 1), run_us, wall_ms)
+
+
+def _layer_elements(profiles: dict[str, pd.DataFrame], names: list[str]) -> tuple[dict, dict]:
+    """Input and output elements of each layer: those of its slowest node in the int8 profile (its
+    integer kernel), else in the float profile."""
+    inputs, outputs = {}, {}
+    for state in ("float", "int8"):
+        frame = profiles[state]
+        for name, rows in frame[frame["layer"].isin(names)].groupby("layer"):
+            main = rows.loc[rows["us"].idxmax()]
+            inputs[name], outputs[name] = int(main["elements"]), int(main["out_elements"])
+    return {n: inputs.get(n, 0) for n in names}, {n: outputs.get(n, 0) for n in names}
+
+
+def measure_latency(model, feeds, batch_sizes: Iterable[int] = (1, 32), runs: int | None = None,
+                    warmup: int = WARMUP, threads: int | None = None, rounds: int = 4) -> pd.DataFrame:
+    """Wall time of one run of ``model`` at each batch size (``feeds`` cut or repeated to it); ``model``
+    may be a dict of named models, measured in turn (:func:`measure_latencies`)."""
+    models = model if isinstance(model, dict) else {"model": model}
+    frame = measure_latencies(models, feeds, batch_sizes, runs, warmup, threads, rounds)
+    return frame if isinstance(model, dict) else frame.drop(columns="model")
+
+
+def measure_latencies(models: dict, feeds, batch_sizes: Iterable[int] = (1, 32), runs: int | None = None,
+                      warmup: int = WARMUP, threads: int | None = None, rounds: int = 4) -> pd.DataFrame:
+    """Wall time of one run of each named model at each batch size, one session per model: ``warmup``
+    untimed runs, then ``runs`` timed ones (default 60 up to batch 4, else 12) split over ``rounds``
+    rounds that take the models in turn (a busy spell of the machine weighs on every model alike).
+    Columns: ``model``, ``batch``, ``median_ms`` (all timed runs), ``best_round_ms`` (the median of the
+    round the machine disturbed least), ``min_ms`` (the fastest run), ``runs``."""
+    rounds = check_count("rounds", rounds)
+    sessions = {name: make_session(_source(model), threads=threads) for name, model in models.items()}
+    rows = []
+    for batch in batch_sizes:
+        count = check_count("runs", runs) if runs is not None else (60 if batch <= 4 else 12)
+        inputs = {name: batch_feed(feeds, s.get_inputs(), batch) for name, s in sessions.items()}
+        times: dict[str, list[list[float]]] = {name: [] for name in sessions}
+        for name, session in sessions.items():
+            for _ in range(warmup):
+                session.run(None, inputs[name])
+        for r in range(min(rounds, count)):
+            for name, session in sessions.items():
+                if len(sessions) > 1:  # the first runs after another session ran are slower
+                    _rewarm(lambda s=session, i=inputs[name]: s.run(None, i))
+                times[name].append([])
+                for _ in range(count // rounds + (r < count % rounds)):
+                    start = time.perf_counter()
+                    session.run(None, inputs[name])
+                    times[name][-1].append(time.perf_counter() - start)
+        for name, per_round in times.items():
+            every = [t for one in per_round for t in one]
+            rows.append({"model": name, "batch": batch, "median_ms": 1000 * float(np.median(every)),
+                         "best_round_ms": 1000 * min(float(np.median(one)) for one in per_round),
+                         "min_ms": 1000 * float(np.min(every)), "runs": len(every)})
+    return pd.DataFrame(rows)
