@@ -249,16 +249,28 @@ def crop_pixels(img: Image.Image, pre: Preprocess) -> np.ndarray:
 
 
 def normalize(pixels: np.ndarray, pre: Preprocess) -> np.ndarray:
-    """uint8 RGB pixels [..., H, W, 3] to the model input: channel order, scale, mean/std, layout."""
-    arr = pixels.astype(np.float32)
-    if pre.channel_order is ChannelOrder.BGR:
-        arr = arr[..., ::-1]
-    arr = arr * np.float32(pre.scale)
-    arr -= np.asarray(pre.mean, dtype=np.float32)
-    arr /= np.asarray(pre.std, dtype=np.float32)
-    if pre.layout is Layout.NCHW:
-        arr = np.moveaxis(arr, -1, -3)
-    return np.ascontiguousarray(arr, dtype=np.float32)
+    """uint8 RGB pixels [..., H, W, 3] to the model input: channel order, scale, mean/std, layout.
+
+    Through a table of the 256 values of each channel: the same float32 arithmetic as computing every
+    pixel, in one pass instead of five.
+    """
+    pixels = np.asarray(pixels, dtype=np.uint8)
+    table = _normalize_table(pre)
+    nchw = pre.layout is Layout.NCHW
+    shape = pixels.shape[:-3] + ((3,) + pixels.shape[-3:-1] if nchw else pixels.shape[-3:])
+    out = np.empty(shape, np.float32)
+    for c in range(3):
+        source = 2 - c if pre.channel_order is ChannelOrder.BGR else c
+        np.take(table[c], pixels[..., source], out=out[..., c, :, :] if nchw else out[..., c])
+    return out
+
+
+def _normalize_table(pre: Preprocess) -> np.ndarray:
+    """[3, 256] float32: each output channel's value for each pixel value, as ``normalize`` defines it."""
+    values = np.arange(256, dtype=np.float32)[None, :] * np.float32(pre.scale) \
+        - np.asarray(pre.mean, dtype=np.float32)[:, None]
+    values /= np.asarray(pre.std, dtype=np.float32)[:, None]
+    return values
 
 
 CROP_RATIO = 0.875  # the ImageNet convention: crop 224 of a short side resized to 256

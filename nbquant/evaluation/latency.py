@@ -9,6 +9,7 @@ deploy models (all graph optimizations, integer kernels, layers kept in float st
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import time
@@ -36,10 +37,12 @@ from .session import make_session
 WARMUP = 3  # runs before any timed one: the first runs pack weights and grow the arena
 # after another session ran, its worker threads spin on for a while and take a core: the next session's
 # first runs are slow (EfficientNet-Lite0, 2 cores, batch 1: 9 ms instead of 2.4 for 40 ms), so each
-# turn of a session starts with untimed runs for this long (at most REWARM_RUNS runs: a tiny model's profile
-# would fill with thousands)
+# turn of a session starts with untimed runs until two in a row are back within REWARM_SLACK of the
+# fastest run that session made so far, for at most REWARM_SECONDS (and REWARM_RUNS runs: a tiny model's
+# profile would fill with thousands)
 REWARM_SECONDS = 0.1
 REWARM_RUNS = 100
+REWARM_SLACK = 1.15
 
 
 def batch_feed(feeds, session_inputs, batch: int) -> dict[str, np.ndarray]:
@@ -62,7 +65,7 @@ def _elements(type_shapes) -> int:
     if not type_shapes:
         return 0
     shape = next(iter(type_shapes[0].values()))
-    return int(np.prod(shape)) if shape else 1
+    return math.prod(shape) if shape else 1
 
 
 def read_profile(path: str | os.PathLike, skip: int | Collection[int],
@@ -103,6 +106,13 @@ def profile_models(models: dict, feeds, runs: int = 20, warmup: int = WARMUP, th
     that take the models in turn; each model's least disturbed round is kept (a busy spell of the machine,
     or of the host under this VM, lasts a round or more). Each turn starts with untimed runs
     (``REWARM_SECONDS``): the first runs after another session ran are slower."""
+    return _profile_then_time(models, feeds, runs, warmup, threads, rounds)[0]
+
+
+def _profile_then_time(models: dict, feeds, runs: int, warmup: int, threads: int | None, rounds: int,
+                       wall_rounds: int = 0) -> tuple[dict[str, tuple[pd.DataFrame, float]], dict[str, float]]:
+    """:func:`profile_models`, then (``wall_rounds``) the same sessions unprofiled, ``runs`` runs in that many
+    rounds: each model's best-round median wall milliseconds (no second session, no second warm-up)."""
     runs, warmup = check_count("runs", runs), check_int("warmup", warmup, minimum=0)
     rounds = min(check_count("rounds", rounds), runs)
     with tempfile.TemporaryDirectory(prefix="nbquant-profile-") as folder:
@@ -121,25 +131,65 @@ def profile_models(models: dict, feeds, runs: int = 20, warmup: int = WARMUP, th
                     round_of[name][done[name]] = timed_round
                 sessions[name].run(None, inputs[name])
                 done[name] += 1
+        fastest: dict[str, float] = {}
         for name in sessions:
-            run(name, warmup)
+            _warm(lambda n=name: run(n, 1), fastest, name, warmup)
         for r in range(rounds):
             for name in sessions:
                 if len(sessions) > 1:
-                    _rewarm(lambda n=name: run(n, 1))
+                    _rewarm(lambda n=name: run(n, 1), fastest, name)
                 run(name, runs // rounds + (r < runs % rounds), r)
-        return {name: read_profile(session.end_profiling(), skipped[name], round_of[name])
-                for name, session in sessions.items()}
+        profiles = {name: read_profile(session.end_profiling(), skipped[name], round_of[name])
+                    for name, session in sessions.items()}
+        if not wall_rounds:
+            return profiles, {}
+        times = _timed_rounds(sessions, inputs, runs, wall_rounds, warmup=1)  # unprofiled runs are faster
+        return profiles, {name: 1000 * min(float(np.median(one)) for one in per_round)
+                          for name, per_round in times.items()}
 
 
-def _rewarm(run_once) -> None:
-    """Untimed runs (at least one) for ``REWARM_SECONDS``, at most ``REWARM_RUNS``."""
-    end = time.perf_counter() + REWARM_SECONDS
-    run_once()
-    for _ in range(REWARM_RUNS - 1):
-        if time.perf_counter() >= end:
-            break
+def _timed_rounds(sessions: dict, inputs: dict, count: int, rounds: int,
+                  warmup: int) -> dict[str, list[list[float]]]:
+    """Seconds of ``count`` runs of each session after ``warmup`` untimed ones, split over ``rounds`` rounds
+    that take the sessions in turn; each turn starts with untimed runs (:func:`_rewarm`) unless one session
+    runs alone after its first round: the first runs after another session ran, or after a pause, are slower."""
+    times: dict[str, list[list[float]]] = {name: [] for name in sessions}
+    fastest: dict[str, float] = {}
+    for name, session in sessions.items():
+        _warm(lambda s=session, i=inputs[name]: s.run(None, i), fastest, name, warmup)
+    for r in range(min(rounds, count)):
+        for name, session in sessions.items():
+            if len(sessions) > 1 or r == 0:
+                _rewarm(lambda s=session, i=inputs[name]: s.run(None, i), fastest, name)
+            times[name].append([])
+            for _ in range(count // rounds + (r < count % rounds)):
+                start = time.perf_counter()
+                session.run(None, inputs[name])
+                times[name][-1].append(time.perf_counter() - start)
+    return times
+
+
+def _warm(run_once, fastest: dict, name, count: int) -> None:
+    """``count`` untimed runs; the fastest of them is where :func:`_rewarm` starts from."""
+    for _ in range(count):
+        start = time.perf_counter()
         run_once()
+        fastest[name] = min(fastest.get(name, np.inf), time.perf_counter() - start)
+
+
+def _rewarm(run_once, fastest: dict, name) -> None:
+    """Untimed runs of ``run_once`` (at least one) until two in a row take at most ``REWARM_SLACK`` times the
+    fastest run of ``name`` so far (``fastest``, updated), for at most ``REWARM_SECONDS`` / ``REWARM_RUNS``."""
+    end = time.perf_counter() + REWARM_SECONDS
+    settled = 0
+    for _ in range(REWARM_RUNS):
+        start = time.perf_counter()
+        run_once()
+        took = time.perf_counter() - start
+        settled = settled + 1 if took <= REWARM_SLACK * fastest.get(name, np.inf) else 0
+        fastest[name] = min(fastest.get(name, np.inf), took)
+        if settled >= 2 or time.perf_counter() >= end:
+            break
 
 
 def profile_nodes(model, feeds, runs: int = 20, warmup: int = WARMUP,
@@ -210,22 +260,25 @@ def layer_bytes(model: onnx.ModelProto, layers: Iterable[Layer], quantized: bool
 
 
 def cost_table(float_model, int8_model, feeds, probe_model=None, layers: Collection[Layer] | None = None,
-               runs: int = 20, warmup: int = WARMUP, threads: int | None = None, wall: bool = True) -> LayerCosts:
+               runs: int = 20, warmup: int = WARMUP, threads: int | None = None, wall: bool = True,
+               rounds: int = 4, wall_rounds: int = 2) -> LayerCosts:
     """Each layer's cost in float and in int8 at the batch size of ``feeds``, from one profile of the float
     model and one of the all-int8 deploy model, and what a tensor crossing between float and int8 costs,
     fitted on the profile of ``probe_model``: a deploy model with isolated layers in float
     (:func:`~nbquant.evaluation.latency_model.probe_float_layers`). Without it the crossing ops are fitted
     on the few that run at the two models' ends, which is rough (tensors of one or two sizes).
-    ``wall``: also time the two models unprofiled (:func:`measure_latencies`, ``runs`` runs each), which
-    turns predicted kernel time into wall time (``LayerCosts.scale``). Profiles and wall times are those of
-    each model's least disturbed round: the costs describe the machine undisturbed."""
+    ``wall``: also time the two models unprofiled (the same sessions once profiling ended, ``runs`` runs each
+    in ``wall_rounds`` rounds), which turns predicted kernel time into wall time (``LayerCosts.scale``).
+    Profiles (``runs`` runs in ``rounds`` rounds) and wall times are those of each model's least disturbed
+    round: the costs describe the machine undisturbed."""
     float_model, int8_model = _load(float_model), _load(int8_model)
     layers = list(layers) if layers is not None else find_layers(float_model)
     if not layers:
         raise ModelError(f"model {float_model.graph.name!r} has no quantizable layer to cost")
     names = [layer.name for layer in layers]
     models = {"int8": int8_model, "float": float_model} | ({"probe": probe_model} if probe_model is not None else {})
-    profiled = profile_models(models, feeds, runs, warmup, threads)
+    profiled, wall_ms = _profile_then_time(models, feeds, runs, warmup, threads, rounds, wall_rounds if wall else 0)
+    wall_ms = {state: wall_ms[state] for state in ("int8", "float") if state in wall_ms}
     run_us = {name: run for name, (_, run) in profiled.items()}
     profiles = {state: attribute(profiled[state][0], float_model, layers) for state in ("int8", "float")}
     sums = {state: summarize(frame, names).set_index("layer")["us"] for state, frame in profiles.items()}
@@ -241,11 +294,6 @@ def cost_table(float_model, int8_model, feeds, probe_model=None, layers: Collect
     table["cross_in_us"] = [crossing_us(rates, e, "in") for e in table["in_elements"]]
     table["cross_out_us"] = [crossing_us(rates, e, "out") for e in table["out_elements"]]
     all_bytes = sum(onnx.numpy_helper.to_array(init).nbytes for init in float_model.graph.initializer)
-    wall_ms = {}
-    if wall:
-        timed = measure_latencies({"int8": int8_model, "float": float_model}, feeds, (_batch_of(feeds),), runs,
-                                  warmup, threads)
-        wall_ms = dict(zip(timed["model"], timed["best_round_ms"]))
     return LayerCosts(table, layer_neighbours(float_model, layers),
                       {state: float(sums[state].loc[OTHER]) for state in sums},
                       int(all_bytes - table["float_bytes"].sum()), rates, _batch_of(feeds),
@@ -286,19 +334,7 @@ def measure_latencies(models: dict, feeds, batch_sizes: Iterable[int] = (1, 32),
     for batch in batch_sizes:
         count = check_count("runs", runs) if runs is not None else (60 if batch <= 4 else 12)
         inputs = {name: batch_feed(feeds, s.get_inputs(), batch) for name, s in sessions.items()}
-        times: dict[str, list[list[float]]] = {name: [] for name in sessions}
-        for name, session in sessions.items():
-            for _ in range(warmup):
-                session.run(None, inputs[name])
-        for r in range(min(rounds, count)):
-            for name, session in sessions.items():
-                if len(sessions) > 1:  # the first runs after another session ran are slower
-                    _rewarm(lambda s=session, i=inputs[name]: s.run(None, i))
-                times[name].append([])
-                for _ in range(count // rounds + (r < count % rounds)):
-                    start = time.perf_counter()
-                    session.run(None, inputs[name])
-                    times[name][-1].append(time.perf_counter() - start)
+        times = _timed_rounds(sessions, inputs, count, rounds, warmup)
         for name, per_round in times.items():
             every = [t for one in per_round for t in one]
             rows.append({"model": name, "batch": batch, "median_ms": 1000 * float(np.median(every)),

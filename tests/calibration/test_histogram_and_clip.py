@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from nbquant.calibration import clip_methods
-from nbquant.calibration.histogram import HistogramObserver
+from nbquant.calibration.histogram import CHUNK, HistogramObserver
 from nbquant.errors import NotFittedError
 from nbquant.quantize.numerics import INT8
 
@@ -20,6 +20,16 @@ def test_streaming_histogram_keeps_all_counts_and_extremes():
     cdf = np.cumsum(counts) / counts.sum()
     median = edges[np.searchsorted(cdf, 0.5)]
     assert median == pytest.approx(np.median(everything), abs=4 * (edges[1] - edges[0]))
+
+
+def test_histogram_of_many_chunks_counts_every_value_in_its_bin():
+    x = np.random.default_rng(1).normal(size=3 * CHUNK + 17).astype(np.float32)
+    obs = HistogramObserver(bins=64).partial_fit(x)
+    counts, edges = obs.histogram
+    expected = np.bincount(np.clip(((x - np.float32(edges[0])) * np.float32(64 / (edges[-1] - edges[0])))
+                                   .astype(np.int64), 0, 63), minlength=64)
+    np.testing.assert_array_equal(counts, expected)
+    assert counts.sum() == x.size
 
 
 def test_histogram_ignores_nan_and_inf():

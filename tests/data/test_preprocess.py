@@ -17,6 +17,7 @@ from nbquant.data.preprocess import (
     center_crop,
     check_input_shape,
     get_preset,
+    normalize,
     preprocess_image,
     resize_short_side,
     resized_long_side,
@@ -107,6 +108,19 @@ def test_constant_colour_image_hand_checked():
     # R: (255/255 - 0.5)/0.5 = 1;  G: (51/255 - 0.5)/0.25 = (0.2 - 0.5)/0.25 = -1.2;  B: -1
     np.testing.assert_allclose(out[:, 0, 0], [1.0, -1.2, -1.0], rtol=1e-6)
     assert np.all(out == out[:, :1, :1])
+
+
+@pytest.mark.parametrize("order, layout", [("RGB", "NCHW"), ("BGR", "NCHW"), ("RGB", "NHWC"), ("BGR", "NHWC")])
+def test_normalize_equals_per_pixel_float32_arithmetic(order, layout):
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 5, 7, 3), dtype=np.uint8)
+    pre = Preprocess(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), channel_order=order, layout=layout)
+    arr = pixels.astype(np.float32)[..., ::-1] if order == "BGR" else pixels.astype(np.float32)
+    expected = (arr * np.float32(pre.scale) - np.float32(pre.mean)) / np.float32(pre.std)
+    expected = np.moveaxis(expected, -1, 1) if layout == "NCHW" else expected
+    out = normalize(pixels, pre)
+    assert out.dtype == np.float32 and out.flags["C_CONTIGUOUS"]
+    np.testing.assert_array_equal(out, expected)  # bit for bit: the table holds the same float32 results
+    np.testing.assert_array_equal(normalize(pixels[0], pre), expected[0])
 
 
 def test_layout_channel_order_and_scale():
