@@ -35,7 +35,8 @@ def test_structure_calibrates_and_auto_calibrates(name, images, tmp_path):
     fidelity = agreement(quantized, None, reference)
     assert fidelity >= 0.8, f"{name}: deploy top-1 agrees with float on {fidelity:.2f} of the images"
     result = auto_calibrate(path, images, save_dir=tmp_path / "auto", calib_settings=CALIB, progress=False,
-                            settings=AutoSettings(metric="agreement", max_drop=0.02, rank_num=8, max_evals=8))
+                            settings=AutoSettings(metric="agreement", max_drop=0.02, rank_num=8, max_evals=8,
+                                                  always_rank=True))  # every structure ranks, even all-int8 ones
     assert result.ok, result.message
     assert result.paths.deploy_model.is_file() and result.deploy_metric >= 0.98
     assert np.isfinite(result.ranking["score"]).all() and len(result.ranking) == len(run.prepared.layers)

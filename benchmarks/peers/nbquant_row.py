@@ -36,7 +36,7 @@ def run(data: Data, tool: str, setting: str, out_dir: Path) -> dict:
                             calib_settings=CalibrationSettings(calib_num=n_calib, per_channel=per_channel),
                             progress=False)
     wall = time.perf_counter() - start
-    n = len(result.ranking)
+    n = len(result.final_config) if result.final_config is not None else len(result.ranking)
     # the ranking runs the float model and each layer quantized alone on the ranking images
     rank_images = min(auto.rank_num, n_calib)
     # search steps count the float model; deploy models are evaluated for each step whose

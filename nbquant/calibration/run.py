@@ -27,6 +27,7 @@ from ..quantize.cpu_probe import probe_int8
 from ..quantize.deploy import make_deploy_model
 from ..quantize.deploy_target import DeployTarget, resolve_target, weight_max
 from ..quantize.fake_quant import make_fake_quant_model
+from ..quantize.layer_states import state_quant
 from ..quantize.record_files import format_scale_offset_record, make_quant_map
 from ..timing import recording, timed
 from .calibrator import Calibrator, observe, observed_tensors, with_outputs
@@ -289,8 +290,8 @@ def _write_run(result: CalibrationResult, paths: RunPaths) -> None:
             {name: layer.weight.weight_max for name, layer in result.config.layers.items()},
             result.config.deploy_target.value))
         atomic_write_json(staged.config, config_to_dict(result.config))
-        atomic_write_text(staged.scale_offset_record,
-                          format_scale_offset_record(result.calibrator.quant_))
+        quant, _ = state_quant(result.calibrator.quant_, result.config.states)  # a16w8: its 16-bit params
+        atomic_write_text(staged.scale_offset_record, format_scale_offset_record(quant))
         for attr in ("fake_quant_model", "deploy_model", "quant_json", "config", "scale_offset_record"):
             target = getattr(paths, attr)
             target.parent.mkdir(parents=True, exist_ok=True)

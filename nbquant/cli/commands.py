@@ -174,8 +174,11 @@ def cmd_auto_calibrate(args) -> int:
     if result.ok:
         print(f"deploy model metric (onnxruntime integer kernels): {result.deploy_metric}")
         if result.latency:
-            print(f"deploy model latency at batch 1 on this CPU: predicted {result.latency['predicted_ms']:.2f} ms, "
-                  f"measured {result.latency['measured_ms']:.2f} ms")
+            predicted, float_ms = result.latency.get("predicted_ms"), result.latency.get("float_predicted_ms")
+            print("deploy model latency at batch 1 on this CPU: "
+                  + (f"predicted {predicted:.2f} ms, " if predicted is not None else "")
+                  + f"measured {result.latency['measured_ms']:.2f} ms"
+                  + (f" (float model: predicted {float_ms:.2f} ms)" if float_ms is not None else ""))
     judged = "deploy" if result.deploy_evaluations else "fake-quant"
     unit = "samples" if pre is None else "images"
     early = int(result.history["decided_early"].fillna(False).astype(bool).sum())
@@ -185,7 +188,8 @@ def cmd_auto_calibrate(args) -> int:
         print("layers in float: " + ", ".join(result.float_layers))
     print_stage_times(result.stage_times)
     paths = result.paths
-    files = [("ranking", paths.ranking), ("record", paths.record), ("log", paths.log_file)]
+    files = ([("ranking", paths.ranking)] if not result.ranking.empty else []) + [("record", paths.record),
+                                                                                ("log", paths.log_file)]
     if result.ok:
         files = [("fake-quant model", paths.fake_quant_model), ("deploy model", paths.deploy_model),
                  ("final config", paths.final_config)] + files

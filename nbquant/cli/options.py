@@ -195,6 +195,9 @@ def add_auto_args(parser: argparse.ArgumentParser) -> None:
                             "(default %(default)s)")
     group.add_argument("--rank-num", type=int, default=default.rank_num,
                        help="calibration images used for ranking (default %(default)s)")
+    group.add_argument("--always-rank", action="store_true", default=default.always_rank,
+                       help="rank the layers and write the ranking even when the all-int8 model meets the budget, "
+                            "as the reference tool does (default: only when some layer must fall back)")
     group.add_argument("--no-check-deploy", dest="check_deploy", action="store_false", default=default.check_deploy,
                        help="judge configurations by the fake-quant simulation, as the reference tool does (default: "
                             "by the deploy model, the one that ships, run with onnxruntime's integer kernels, where "

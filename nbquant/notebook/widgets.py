@@ -87,14 +87,16 @@ def _ipywidgets():
 
 
 def status_text(answer: SearchAnswer) -> str:
-    """One line: met or not, and whether the answer came from the cache."""
+    """One line: met or not (and the predicted latency, where the explorer has costs), and whether the answer
+    came from the cache."""
     if answer.new_evaluations == 0:
         cost = f"answered from the evaluation cache in {answer.seconds * 1000:.0f} ms (no new evaluation)"
     else:
         cost = f"{answer.new_evaluations} new evaluation(s) in {answer.seconds:.1f} s"
     verdict = (f"target met with {answer.n_int8} of {answer.n_layers} layers in int8" if answer.ok
                else "target not met: no configuration found")
-    return f"<b>{verdict}</b>; {cost}"
+    latency = f", predicted {answer.predicted_ms:.2f} ms a run on this CPU" if answer.predicted_ms is not None else ""
+    return f"<b>{verdict}{latency}</b>; {cost}"
 
 
 def answer_html(answer: SearchAnswer) -> str:

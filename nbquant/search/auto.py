@@ -38,7 +38,7 @@ from .context import RunContext
 from .measure import EvaluatorError, search_evaluator
 from .outcome import AutoCalibrationResult, fail, finish
 from .precision import layer_costs, preferred_step, settle_states
-from .ranking import rank_layers, ranking_pairs
+from .ranking import rank_layers, ranking_pairs, unranked
 from .record import (
     EvaluationOrder,
     SavedRanking,
@@ -127,12 +127,19 @@ def _run(run: RunContext) -> AutoCalibrationResult:
     first = steps.step(frozenset(), kind="all_int8")
     log.info("Accuracy of global quantized model is %s", first.metric if not first.decided_early
              else f"below the target (decided after {first.images} images)")
-    ranking = _ranking(run, calibrator)
+    if first.ok and not run.settings.always_rank:
+        log.info("the all-int8 model meets the budget: no layer falls back, so the layers are not ranked "
+                 "(always_rank / --always-rank ranks them anyway)")
+        ranking = unranked()
+        for stale in (run.paths.ranking, run.paths.ranking.with_suffix(".csv")):  # an earlier run's, if any
+            stale.unlink(missing_ok=True)
+    else:
+        ranking = _ranking(run, calibrator)
     final = frozenset() if first.ok else steps.search(run.settings.strategy, list(ranking["layer"]))
     if final is None:
         steps.close()
         return fail(run, calibrator, ranking)
-    costs = layer_costs(run, calibrator)
+    costs = layer_costs(run, calibrator) if final else None  # all int8 passes: nothing left to choose
     chosen = preferred_step(run, costs, steps.cache[final])
     chosen = settle_states(run, steps, calibrator, costs, chosen)
     steps.close()

@@ -27,6 +27,7 @@ class AutoSettings:
     check_deploy: bool = True  # judge the deploy model (where this CPU runs it exactly); False: the simulation
     early_decisions: bool = True  # stop an evaluation once it cannot meet the budget (top1, agreement)
     objective: str = "latency"  # among passing configurations: predicted latency on this CPU, size or count
+    always_rank: bool = False  # rank even when the all-int8 model meets the budget (nothing then needs it)
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:

@@ -36,7 +36,7 @@ class AutoCalibrationResult:
     final_metric: object
     float_layers: list[str]
     history: pd.DataFrame = field(repr=False)
-    ranking: pd.DataFrame = field(repr=False)
+    ranking: pd.DataFrame = field(repr=False)  # no rows when all int8 met the budget (unless always_rank)
     final_config: pd.DataFrame | None = field(repr=False)
     paths: RunPaths = field(repr=False)
     seconds: float = 0.0
@@ -47,7 +47,8 @@ class AutoCalibrationResult:
     stage_times: pd.DataFrame | None = field(default=None, repr=False)  # seconds per stage (nbquant.timing)
     states: dict[str, str] = field(default_factory=dict)  # layers in a state other than int8 and float
     pareto: pd.DataFrame | None = field(default=None, repr=False)  # every configuration: metric, latency, size
-    latency: dict = field(default_factory=dict)  # final deploy model: predicted_ms, measured_ms (batch 1)
+    latency: dict = field(default_factory=dict)  # final deploy model: measured_ms, predicted_ms, float_predicted_ms
+    costs: LayerCosts | None = field(default=None, repr=False)  # the cost table the objective compared by
 
     @property
     def evaluations(self) -> int:
@@ -65,7 +66,7 @@ class AutoCalibrationResult:
         return int((self.history["judged"] == "deploy").sum())
 
     def __repr__(self) -> str:
-        n = len(self.ranking)
+        n = len(self.final_config) if self.final_config is not None else len(self.ranking)
         others = "".join(f", {state}={count}" for state, count in
                          sorted(pd.Series(list(self.states.values()), dtype=object).value_counts().items()))
         n_int8 = n - len(self.float_layers) - len(self.states)
@@ -78,7 +79,7 @@ def finish(run: RunContext, calibrator: Calibrator, step: Step, ranking: pd.Data
            costs: LayerCosts | None = None) -> AutoCalibrationResult:
     """Write the final models, config and files for the passing ``step`` (plus the layers the config
     keeps in float, and its layers in other states); evaluate the deploy model when the search judged the
-    simulation; with ``costs``, predict and measure the final model's latency."""
+    simulation; measure the final model's latency (and with ``costs`` predict it)."""
     prepared, paths, original = run.prepared, run.paths, run.record.original_metric
     kept_float = {name for name, layer in calibrator.config.layers.items() if not layer.enabled}
     final = sorted(set(step.float_layers) | kept_float)
@@ -123,7 +124,8 @@ def finish(run: RunContext, calibrator: Calibrator, step: Step, ranking: pd.Data
     return AutoCalibrationResult(True, message, original, step.metric, final, load_record(paths.record), ranking,
                                  table, paths, seconds, calibration=calibration, deploy_metric=deploy_metric,
                                  calibrator=calibrator, evaluator=run.evaluator.evaluator,
-                                 stage_times=run.times.frame, states=states, pareto=pareto, latency=latency)
+                                 stage_times=run.times.frame, states=states, pareto=pareto, latency=latency,
+                                 costs=costs)
 
 
 def _check_deploy(run: RunContext, deploy):

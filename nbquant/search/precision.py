@@ -40,7 +40,8 @@ def sample_feed(run: RunContext) -> np.ndarray | dict:
 
 
 def layer_costs(run: RunContext, calibrator: Calibrator) -> LayerCosts | None:
-    """The cost table of this run's layers on this CPU (None for the ``count`` objective)."""
+    """The cost table of this run's layers on this CPU (None for the ``count`` objective): what the objective
+    compares configurations by."""
     if Objective.parse(run.settings.objective) is Objective.COUNT:
         return None
     key = (make_key("layer-costs", run.calibration_key, probe_int8().cpu, COST_BATCH)
@@ -129,13 +130,20 @@ def settle_states(run: RunContext, steps: StepEvaluator, calibrator: Calibrator,
 
 
 def measured_latency(run: RunContext, model, costs: LayerCosts | None, step: Step) -> dict:
-    """The final deploy model's measured and predicted milliseconds at batch 1 (empty without costs)."""
-    if costs is None:
-        return {}
+    """The final deploy model's measured milliseconds at batch 1 and, with ``costs``, its predicted ones."""
     with timed("measuring the final model's latency"):
         frame = measure_latency(model, sample_feed(run), batch_sizes=(COST_BATCH,), runs=30)
     measured = float(frame["best_round_ms"].iloc[0])  # as the cost table's wall times: the least disturbed round
+    if costs is None:
+        log.info("latency of the final model at batch %d on %s: %.2f ms", COST_BATCH, probe_int8().cpu, measured)
+        return {"measured_ms": measured}
     predicted = configuration_cost(Objective.LATENCY, costs, step.float_layers, step.states)
+    float_ms = predict_latency(costs, costs.layers.index)
     log.info("latency of the final model at batch %d on %s: predicted %.2f ms, measured %.2f ms (%+.0f %%)",
              COST_BATCH, probe_int8().cpu, predicted, measured, 100 * (predicted - measured) / measured)
-    return {"predicted_ms": predicted, "measured_ms": measured}
+    if predicted >= (1 - PREFER_MARGIN) * float_ms:
+        log.warning("the final model is predicted no faster than the float model on %s (%.2f ms against %.2f ms at "
+                    "batch %d): with %d layers in float, the conversions between float and int8 cost what int8 saves; "
+                    "it is smaller, not faster (a looser --max-drop keeps more layers in int8)", probe_int8().cpu,
+                    predicted, float_ms, COST_BATCH, len(step.float_layers))
+    return {"predicted_ms": predicted, "measured_ms": measured, "float_predicted_ms": float_ms}

@@ -150,6 +150,14 @@ def rank_layers(model, quant, images: CachedImages, method: str = "output", prog
     return frame
 
 
+RANKING_COLUMNS = ["rank", "layer", "score", "op", "metric", "graph_index"]
+
+
+def unranked() -> pd.DataFrame:
+    """The ranking of a run that needed none (every layer met the budget in int8): no rows."""
+    return pd.DataFrame(columns=RANKING_COLUMNS)
+
+
 def ranking_pairs(ranking: pd.DataFrame) -> list[list]:
     """The reference tool's ranking file content: ``[[layer, score], ...]``, most sensitive first."""
     return [[layer, float(score)] for layer, score in zip(ranking["layer"], ranking["score"])]

@@ -16,13 +16,14 @@ import pandas as pd
 from ..calibration.calibrator import Calibrator
 from ..errors import ConfigError, NotFittedError
 from ..evaluation.evaluators import LogitEvaluator
+from ..evaluation.latency_model import LayerCosts, predict_latency
 from ..evaluation.metrics import METRICS, Budget
 from .auto_settings import AutoSettings
 from .steps import config_model
 from .strategies import STRATEGIES
 
 ANSWER_COLUMNS = ["target", "relative", "strategy", "ok", "n_int8", "n_float", "metric", "loss",
-                  "deploy_metric", "new_evaluations", "seconds"]
+                  "deploy_metric", "predicted_ms", "new_evaluations", "seconds"]
 
 
 @dataclass
@@ -41,6 +42,7 @@ class SearchAnswer:
     seconds: float
     visited: list[frozenset] = field(default_factory=list, repr=False)
     deploy_metric: float | None = None
+    predicted_ms: float | None = None  # the deploy model's latency at the cost table's batch, on its CPU
 
     @property
     def n_int8(self) -> int:
@@ -60,11 +62,13 @@ class FallbackExplorer:
     in float; ``original_metric`` is the float model's. With ``evaluate_deploy`` (the same
     for the deploy model) a configuration passes only when both meet the target, as in
     ``auto_calibrate``. ``cache_`` / ``deploy_cache_`` map each evaluated float set to its
-    metric; ``evaluations_`` counts the model runs.
+    metric; ``evaluations_`` counts the model runs. With ``costs`` (an auto calibration's cost table) each
+    answer carries its deploy model's predicted latency; layers the table has and ``ranked`` lacks count as
+    float (the config kept them there).
     """
 
     def __init__(self, ranked: list[str], evaluate_config: Callable[[frozenset], float], original_metric: float,
-                 evaluate_deploy: Callable[[frozenset], float] | None = None):
+                 evaluate_deploy: Callable[[frozenset], float] | None = None, costs: LayerCosts | None = None):
         if not ranked:
             raise ConfigError("FallbackExplorer needs at least one ranked layer, got none")
         self.ranked = list(ranked)
@@ -75,6 +79,7 @@ class FallbackExplorer:
         self.deploy_cache_: dict[frozenset, float] = {}
         self.upper_: dict[frozenset, float] = {}  # configurations decided early: their metric is at most this
         self.evaluations_ = 0
+        self.costs = costs
 
     def __repr__(self) -> str:
         return (f"FallbackExplorer(layers={len(self.ranked)}, original={self.original_metric:.4f}, "
@@ -131,7 +136,14 @@ class FallbackExplorer:
         return SearchAnswer(float(max_drop), bool(relative), strategy, found is not None,
                             [n for n in self.ranked if found is not None and n in found], metric, loss,
                             len(self.ranked), self.evaluations_ - before, time.perf_counter() - start, visited,
-                            deploy)
+                            deploy, self.predicted_ms(found) if found is not None else None)
+
+    def predicted_ms(self, float_layers) -> float | None:
+        """The predicted latency of the deploy model with ``float_layers`` in float (None without costs)."""
+        if self.costs is None:
+            return None
+        kept = set(self.costs.layers.index) - set(self.ranked)
+        return float(predict_latency(self.costs, set(float_layers) | kept))
 
     def points(self) -> pd.DataFrame:
         """Every cached configuration: n_float, n_int8, metric, deploy_metric, float_layers (for plots)."""
@@ -169,7 +181,8 @@ def explorer_from_auto_result(result, data, eval_num: int | None = None, metric:
 
     ``data``, ``eval_num``, ``metric`` and ``preprocess`` must be those of the run (its built-in
     evaluator), so the cached metrics of its history stay valid. It judges the models the run
-    judged (see ``judged`` in its history): deploy models, or fake-quant models.
+    judged (see ``judged`` in its history): deploy models, or fake-quant models; its answers carry the
+    latency the run's cost table predicts (none when the run needed no cost table: all int8 passed).
     """
     if result.calibration is None:
         raise ConfigError("the auto calibration found no passing configuration, so it kept no calibration; "
@@ -177,6 +190,9 @@ def explorer_from_auto_result(result, data, eval_num: int | None = None, metric:
     if metric not in METRICS:
         raise ConfigError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
     from ..data.binding import resolve_preprocess
+    if result.ranking.empty:
+        raise ConfigError("the auto calibration ranked no layer (every layer met the budget in int8): rerun it "
+                          "with always_rank=True (--always-rank) or a tighter max_drop to explore other targets")
     calibration = result.calibration
     prepared = calibration.prepared
     eval_data = data.subset(min(eval_num, len(data))) if eval_num else data
@@ -188,5 +204,5 @@ def explorer_from_auto_result(result, data, eval_num: int | None = None, metric:
     outputs, target = calibrator.tensor_qparams_, calibrator.config.deploy_target
     judged_deploy = "fake_quant" not in set(result.history["judged"].dropna())
     evaluate = model_evaluator(prepared.model, quant, evaluator, outputs, judged_deploy, target)
-    explorer = FallbackExplorer(ranked, evaluate, result.original_metric)
+    explorer = FallbackExplorer(ranked, evaluate, result.original_metric, costs=getattr(result, "costs", None))
     return explorer.seed(result.history)

@@ -1,6 +1,7 @@
 """The cached fallback search and the fallback-loop widget, driven from Python (no browser)."""
 
 import onnx
+import pandas as pd
 import pytest
 
 pytest.importorskip("ipywidgets")
@@ -9,6 +10,7 @@ pytest.importorskip("matplotlib")
 from synthetic import gemm_matmul_model
 
 from nbquant.errors import ConfigError, ModelError
+from nbquant.evaluation.latency_model import LayerCosts, predict_latency
 from nbquant.evaluation.session import make_session
 from nbquant.graph.prepare import prepare_model
 from nbquant.notebook.widgets import FallbackWidget
@@ -116,6 +118,31 @@ def test_widget_slider_and_run_button_change_the_result():
     widget.mode.value, widget.strategy.value = "relative", "binary"
     widget.run_button.click()
     assert widget.answer_.relative and widget.answer_.strategy == "binary" and len(widget.answers_) == 3
+
+
+def line_costs(names) -> LayerCosts:
+    """A chain of layers, each 10 us in int8 and 30 us in float; a crossing costs 1 us each way."""
+    n = len(names)
+    table = pd.DataFrame({"kind": ["conv"] * n, "int8_us": [10.0] * n, "float_us": [30.0] * n, "int8_bytes": [1] * n,
+                          "float_bytes": [4] * n, "in_elements": [1] * n, "out_elements": [1] * n,
+                          "cross_in_us": [1.0] * n, "cross_out_us": [1.0] * n}, index=pd.Index(names, name="layer"))
+    return LayerCosts(table, {b: (a,) for a, b in zip(names, names[1:])} | {names[0]: ()},
+                      {"int8": 5.0, "float": 5.0}, 0, {}, batch=1, threads=1)
+
+
+def test_answers_carry_the_predicted_latency_of_their_configuration():
+    costs = line_costs(RANKED + ["kept"])  # "kept": a layer the config keeps in float, never ranked
+    explorer = FallbackExplorer(RANKED, CountingMetric(), 1.0, costs=costs)
+    tight, loose = explorer.search(0.005), explorer.search(0.05)
+    assert tight.predicted_ms == pytest.approx(predict_latency(costs, set(tight.float_layers) | {"kept"}))
+    assert loose.predicted_ms == pytest.approx(predict_latency(costs, {"kept"}))
+    assert loose.predicted_ms < tight.predicted_ms
+    assert explorer.search(0.0).predicted_ms is None  # nothing passes, nothing to time
+    widget = FallbackWidget(explorer, max_drop=0.005)
+    widget.run()
+    assert f"predicted {tight.predicted_ms:.2f} ms" in widget.status.value
+    assert widget.answer_.summary()["predicted_ms"].iloc[0] == pytest.approx(tight.predicted_ms)
+    assert FallbackExplorer(RANKED, CountingMetric(), 1.0).search(0.005).predicted_ms is None
 
 
 def test_widget_shows_unmet_targets_and_errors_in_its_status():

@@ -1,6 +1,7 @@
 """Layer states (int8, a16w8, dynamic, float, float_raw) on tiny graphs: each builds a checked model whose
 simulation equals its deploy model, reads the input it should, and is recorded in metadata and config."""
 
+import dataclasses
 import tempfile
 
 import numpy as np
@@ -11,8 +12,10 @@ from synthetic import conv_chain_model, gemm_matmul_model
 
 from nbquant.calibration.calibrator import Calibrator, observe, observed_tensors, with_outputs
 from nbquant.calibration.config import ActivationQuant, ActMethod, QuantConfig, config_from_dict, config_to_dict
+from nbquant.calibration.run import CalibrationSettings, calibrate, write_run
 from nbquant.errors import ConfigError
 from nbquant.evaluation.session import fused_ops, make_session
+from nbquant.files import RunPaths
 from nbquant.graph.layers import find_layers
 from nbquant.graph.load import name_nodes
 from nbquant.quantize.deploy import make_deploy_model
@@ -230,6 +233,22 @@ def test_scale_offset_record_writes_16_bit_activations(dense):
     assert record["act_type"] == "INT16"
     assert record["offset_d"] == int(lq.activation.zero_point) - 32768 and record["scale_d"] == pytest.approx(
         float(lq.activation.scale), rel=1e-6)
+
+
+def test_a_written_run_records_each_layer_in_its_state(tmp_path):
+    """write_run's scale/offset record: an a16w8 layer's 16-bit input params, float layers absent."""
+    x = np.random.default_rng(0).normal(0, 1, (32, 6)).astype(np.float32)
+    settings = CalibrationSettings(calib_num=32, weight_rounding="nearest")
+    result = calibrate(gemm_matmul_model(), {"x": x}, settings=settings, progress=False, cache=False)
+    names = list(result.config.layers)
+    config = result.config.with_states({names[0]: "float", names[1]: "a16w8"})
+    mixed = dataclasses.replace(result, config=config, calibrator=result.calibrator.with_config(config))
+    paths = RunPaths(tmp_path, "gemm")
+    write_run(mixed, paths)
+    record = parse_scale_offset_record(paths.scale_offset_record.read_text())
+    expected = in_state(result.calibrator.quant_[names[1]], "a16w8").activation
+    assert list(record) == [names[1]] and record[names[1]]["act_type"] == "INT16"
+    assert record[names[1]]["scale_d"] == pytest.approx(float(expected.scale), rel=1e-6)
 
 
 def test_bad_states_name_the_layer(chain):

@@ -57,6 +57,7 @@ def test_default_run_meets_a_tight_budget(real_model_path, real_data, tmp_path):
     assert len(result.float_layers) <= 5 and result.evaluations <= 10
     # the default objective: the passing configuration predicted fastest here, its latency measured
     assert result.latency["predicted_ms"] > 0 and result.latency["measured_ms"] > 0
+    assert result.latency["float_predicted_ms"] > result.latency["predicted_ms"]  # 1-5 float layers: int8 gains
     chosen = result.pareto[result.pareto["chosen"]]
     assert len(chosen) == 1 and chosen["ok"].all() and sorted(chosen["float_layers"].iloc[0]) == result.float_layers
     passing = result.pareto[result.pareto["ok"] & (result.pareto["n_other_state"] == 0)]

@@ -9,8 +9,10 @@ import pytest
 from structures import text_encoder, text_samples
 
 from nbquant.calibration.run import CalibrationSettings
+from nbquant.errors import ConfigError
 from nbquant.search.auto import AutoSettings, EvaluatorError, auto_calibrate
 from nbquant.search.record import load_record, read_record
+from nbquant.search.retarget import explorer_from_auto_result
 
 CALIB = CalibrationSettings(calib_num=16, batch_size=8, dynamic=False)
 SETTINGS = AutoSettings(rank_num=8, sensitivity="cosine", max_evals=30)
@@ -89,3 +91,19 @@ def test_unreachable_target_reports_no_model_with_a_complete_result(encoder, tmp
                             settings=AutoSettings(rank_num=8, sensitivity="cosine", max_evals=2), progress=False)
     assert not result.ok and "within max_evals=2" in result.message and result.evaluations == 2
     assert result.calibrator is not None and result.evaluator is not None and result.final_config is None
+
+
+def test_all_int8_within_the_budget_needs_no_ranking_unless_asked(encoder, tmp_path):
+    path, npz = encoder
+    ranking_file = tmp_path / "results/accuracy_based_auto_calibration_ranking_information.json"
+    ranked = auto_calibrate(path, npz, evaluator=HarmfulLayers([]), save_dir=tmp_path, calib_settings=CALIB,
+                            settings=AutoSettings(rank_num=8, sensitivity="cosine", always_rank=True), progress=False)
+    assert ranked.ok and not ranked.float_layers and len(ranked.ranking) == 8 and ranking_file.is_file()
+    quick = auto_calibrate(path, npz, evaluator=HarmfulLayers([]), save_dir=tmp_path, calib_settings=CALIB,
+                           settings=AutoSettings(rank_num=8, sensitivity="cosine"), progress=False, cache=False)
+    assert quick.ok and quick.evaluations == 2 and quick.ranking.empty
+    assert "ranking" not in set(quick.stage_times["stage"])
+    assert not ranking_file.exists()  # the first run's ranking is gone with it: files describe one run
+    assert "int8=8/8" in repr(quick) and quick.deploy_metric is not None
+    with pytest.raises(ConfigError, match="ranked no layer"):
+        explorer_from_auto_result(quick, None)

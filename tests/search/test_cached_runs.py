@@ -27,9 +27,9 @@ def encoder(tmp_path_factory):
     return folder / "encoder.onnx", folder / "samples.npz"
 
 
-def run(encoder, folder, max_drop, cache, **kwargs):
+def run(encoder, folder, max_drop, cache, always_rank=False, **kwargs):
     path, npz = encoder
-    settings = AutoSettings(max_drop=max_drop, rank_num=8, max_evals=12)
+    settings = AutoSettings(max_drop=max_drop, rank_num=8, max_evals=12, always_rank=always_rank)
     return auto_calibrate(path, npz, save_dir=folder, settings=settings, calib_settings=CALIB, progress=False,
                           cache=cache, **kwargs)
 
@@ -48,9 +48,9 @@ def outcome(result) -> dict:
 
 def test_a_warm_run_gives_the_cold_runs_result_and_skips_the_fixed_cost(encoder, tmp_path):
     cache = Cache(tmp_path / "cache")
-    first = run(encoder, tmp_path / "first", 0.001, cache)
-    warm = run(encoder, tmp_path / "warm", 0.01, cache)
-    cold = run(encoder, tmp_path / "cold", 0.01, False)
+    first = run(encoder, tmp_path / "first", 0.001, cache, always_rank=True)
+    warm = run(encoder, tmp_path / "warm", 0.01, cache, always_rank=True)  # all int8 passes: ranked on request
+    cold = run(encoder, tmp_path / "cold", 0.01, False, always_rank=True)
     assert outcome(warm) == outcome(cold)
     assert first.ok is not None and set(cache.entries()["kind"]) >= {
         "calibration-statistics", "weight-rounding", "float-outputs", "ranking", "evaluation"}

@@ -34,7 +34,7 @@ def _auto(minilm, folder, dynamic: bool):
     path, calib, evals = minilm
     result = auto_calibrate(path, evals, calib_data=calib, save_dir=folder, progress=False,
                             calib_settings=CalibrationSettings(calib_num=64, dynamic=dynamic),
-                            settings=AutoSettings(max_drop=0.01, rank_num=8))
+                            settings=AutoSettings(max_drop=0.01, rank_num=8, always_rank=True))
     assert result.ok, result.message
     # the written deploy model itself, on the evaluation sentences, within the budget
     evaluator = LogitEvaluator(evals, "cosine").prepare(onnx.load(str(path)), None, progress=False)
