@@ -7,7 +7,7 @@ Run (nbquant's venv; the peers live in their own venv, see benchmarks/requiremen
 
 Rows, each run one after the other as a child process (nbquant's with this interpreter, NNCF's
 and onnxruntime's with ``--peers-python``, Neural Compressor's with ``--inc-python``): nbquant
-auto calibration (default strategy ``refine`` and ``binary``), NNCF
+auto calibration (default strategy ``frugal`` and ``binary``), NNCF
 ``quantize_with_accuracy_control`` (ONNX backend), Intel Neural Compressor 2.x
 ``quantization.fit``, onnxruntime ``quantize_static`` with ``nodes_to_exclude`` picked
 greedily from ``qdq_loss_debug``. Settings: per-channel weights at max drop 0.002 and
@@ -47,7 +47,7 @@ from peerlib import SETTINGS, count_layers, paired_latency_ms, top1, write_json 
 from nbquant.quantize.cpu_probe import probe_int8  # noqa: E402
 
 TOOLS = ["nbquant", "nbquant-binary", "nncf", "inc", "ort"]
-TOOL_LABEL = {"nbquant": "nbquant (refine, default)", "nbquant-binary": "nbquant (binary)",
+TOOL_LABEL = {"nbquant": "nbquant (frugal, default)", "nbquant-binary": "nbquant (binary)",
               "nncf": "NNCF accuracy control", "inc": "Neural Compressor fit", "ort": "onnxruntime DIY"}
 DEFAULT_PEERS_PYTHON = os.environ.get("NBQUANT_PEERS_PYTHON", "/work/peers-venv/nncf/bin/python")
 DEFAULT_INC_PYTHON = os.environ.get("NBQUANT_INC_PYTHON", "/work/peers-venv/inc/bin/python")

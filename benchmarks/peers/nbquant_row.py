@@ -1,4 +1,5 @@
-"""nbquant's rows: auto_calibrate with the default strategy (refine) or binary; nbquant's venv."""
+"""nbquant's rows: auto_calibrate with the default strategy (frugal) or binary, cold (no cache: each row
+pays the fixed cost a first run pays); nbquant's venv."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 from peerlib import SETTINGS, Data
 
-STRATEGY = {"nbquant": "refine", "nbquant-binary": "binary"}
+STRATEGY = {"nbquant": "frugal", "nbquant-binary": "binary"}
 
 
 def versions() -> dict:
@@ -34,7 +35,7 @@ def run(data: Data, tool: str, setting: str, out_dir: Path) -> dict:
     result = auto_calibrate(data.model_path, images, save_dir=out_dir / "run",
                             settings=auto,
                             calib_settings=CalibrationSettings(calib_num=n_calib, per_channel=per_channel),
-                            progress=False)
+                            progress=False, cache=False)
     wall = time.perf_counter() - start
     n = len(result.final_config) if result.final_config is not None else len(result.ranking)
     # the ranking runs the float model and each layer quantized alone on the ranking images

@@ -20,11 +20,11 @@ ModelLike = str | os.PathLike | onnx.ModelProto | ort.InferenceSession
 
 log = logging.getLogger(__name__)
 
-# onnxruntime's WeightBiasQuantization rewrites a Conv/Gemm with float weights that reads a DequantizeLinear
-# and feeds a QuantizeLinear into an integer kernel with per-tensor int8 weights of its own: a layer a mixed
-# model keeps in float (it reads the requantized output of the layer before it) would run in int8, coarser
-# than nbquant's per-channel weights. Layers nbquant quantizes carry their own integer weights and biases, so
-# this pass never touches them.
+# onnxruntime's WeightBiasQuantization rewrites a Conv/Gemm with float weights that reads a per-tensor
+# DequantizeLinear and feeds a QuantizeLinear into an integer kernel with per-tensor int8 weights of its own: a
+# layer a mixed model keeps in float would run in int8, coarser than nbquant's per-channel weights. nbquant's
+# deploy models give such a layer a per-axis DequantizeLinear, which the pass skips, so a user's own session
+# computes the same (quantize/deploy.py); nbquant's sessions also turn the pass off, for models built before that.
 KEEP_FLOAT_OPTIMIZERS = ("WeightBiasQuantization",)
 
 

@@ -11,7 +11,9 @@ What the rewrite does (the fake-quant model shares it, with float biases):
   dequantized value, so onnxruntime can run them in int8 and the layers around a float layer
   still fuse into integer kernels.
 A Clip/Relu right before a QuantizeLinear whose range lies inside it is exact to drop, and
-onnxruntime drops it; no other numerics change.
+onnxruntime drops it; no other numerics change. A float (or a16w8) Conv, ConvTranspose or Gemm reads its
+8-bit (16-bit) input through a DequantizeLinear whose scale is repeated per channel: onnxruntime's
+WeightBiasQuantization, on in every default session, leaves it alone then (see ``_private_dequantize``).
 Layers in other states (:mod:`nbquant.quantize.layer_states`) read the raw tensor instead and emit a
 float output: ``a16w8`` (its own 16-bit input Q/DQ, int8 weights, float bias), ``dynamic``
 (DynamicQuantizeLinear + MatMulInteger) and ``float_raw`` (float, not rerouted to the 8-bit twin).
@@ -59,6 +61,7 @@ def quantize_graph(model: onnx.ModelProto, quant: dict[str, LayerQuant], output_
     raw = set(raw_inputs)
     edit.metadata[STATES_KEY] = _states_json(find_layers(edit.model, values), quant, raw)
     dequantized: dict[str, str] = {}  # float tensor -> its 8-bit dequantized twin
+    twin_params: dict[str, tuple[str, QParams]] = {}  # float tensor -> its twin's prefix and 8-bit params
     for name, lq in quant.items():
         node, state = nodes[name], lq.state
         if state is LayerState.DYNAMIC:
@@ -66,9 +69,13 @@ def quantize_graph(model: onnx.ModelProto, quant: dict[str, LayerQuant], output_
             continue
         # ahead of the tensor's first reader: other readers (a Shape, an Add) may come before the layer
         first = first_consumer(edit.model, lq.layer.input).name
-        node.input[0] = edit.quantize_dequantize(first, lq.layer.input, f"{name}/input", lq.activation)
-        if state is LayerState.INT8:  # a 16-bit input is the layer's own: nobody else reads it
-            dequantized.setdefault(lq.layer.input, node.input[0])
+        activation, axis = lq.activation, None
+        if state is LayerState.A16W8:  # its bias stays float: out of WeightBiasQuantization's reach too
+            activation, axis = _per_axis(node, values, activation)
+        node.input[0] = edit.quantize_dequantize(first, lq.layer.input, f"{name}/input", activation, axis)
+        if state is LayerState.INT8 and lq.layer.input not in dequantized:  # a 16-bit input is the layer's own
+            dequantized[lq.layer.input] = node.input[0]
+            twin_params[lq.layer.input] = (f"{name}/input", lq.activation)
         if state is LayerState.A16W8 and lq.layer.op == "MatMul":
             # onnxruntime rewrites DequantizeLinear -> MatMul into MatMulNBits, which rounds the input to 8 bits
             # per block (session.qdq_matmulnbits_accuracy_level 4): the int8 grid's values are stored as float
@@ -91,8 +98,62 @@ def quantize_graph(model: onnx.ModelProto, quant: dict[str, LayerQuant], output_
         if any(reader.name not in raw for reader in readers):  # else no one would read the requantized output
             dequantized[post] = edit.quantize_dequantize(readers[0].name, post, f"{name}/output",
                                                          output_qparams[post])
-    _reroute_consumers(edit.model, dequantized, set(quant) | raw)
+            twin_params[post] = (f"{name}/output", output_qparams[post])
+    private = _private_dequantize(edit, values, set(quant) | raw, twin_params)
+    _reroute_consumers(edit.model, dequantized, set(quant) | raw | private)
     return edit
+
+
+def _private_dequantize(edit: GraphEdit, values, skip: set[str], twins: dict[str, tuple[str, QParams]]) -> set[str]:
+    """Each float Conv, ConvTranspose or Gemm layer (not in ``skip``) that reads an 8-bit twin gets a
+    DequantizeLinear of its own, with the twin's scale and zero point repeated along the channel axis.
+    Same values; but onnxruntime's WeightBiasQuantization pass, on by default in every session, quantizes
+    the float weights (per tensor, int8) of such a layer when its input comes from a per-tensor
+    DequantizeLinear and its output reaches a QuantizeLinear: it would turn a layer kept in float for
+    accuracy back into a coarser int8 one (Lite0, the first depthwise Conv in float: top-1 0.858 in a
+    plain session against 0.884). A per-axis scale is not the scalar the pass requires. Returns the
+    layers given one."""
+    done = set()
+    for node in list(edit.model.graph.node):
+        if node.name in skip or node.op_type not in ("Conv", "ConvTranspose", "Gemm") or not node.input \
+                or node.input[0] not in twins or len(node.input) < 2 or node.input[1] not in values:
+            continue
+        channels = _input_channels(node, values[node.input[1]])
+        if channels is None:
+            continue
+        prefix, p = twins[node.input[0]]
+        scale, zero_point = edit.qparam_inputs(f"{node.name}/input_private", _repeated(p, channels))
+        node.input[0] = edit.dequantize(node.name, f"{prefix}_quantized", f"{node.name}/input_private", scale,
+                                        zero_point, {"axis": 1})
+        done.add(node.name)
+    return done
+
+
+def _repeated(p: QParams, channels: int) -> QParams:
+    """Per-tensor ``p`` as a per-axis QParams of ``channels`` equal scales and zero points."""
+    return QParams(np.full(channels, float(p.scale), np.float32), np.full(channels, int(p.zero_point)),
+                   p.qmin, p.qmax)
+
+
+def _per_axis(node: onnx.NodeProto, values, p: QParams) -> tuple[QParams, int | None]:
+    """``p`` repeated along the input's channel axis (1) where onnxruntime's WeightBiasQuantization could
+    rewrite ``node`` (a Conv, ConvTranspose or Gemm with a constant weight), else ``p`` as it is."""
+    if node.op_type not in ("Conv", "ConvTranspose", "Gemm") or len(node.input) < 2 or node.input[1] not in values:
+        return p, None
+    channels = _input_channels(node, values[node.input[1]])
+    return (p, None) if channels is None else (_repeated(p, channels), 1)
+
+
+def _input_channels(node: onnx.NodeProto, weight: np.ndarray) -> int | None:
+    """The size of axis 1 of the node's first input, from its weight (None: a Gemm with transA)."""
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if node.op_type == "Conv":
+        return int(weight.shape[1]) * int(attrs.get("group", 1))
+    if node.op_type == "ConvTranspose":
+        return int(weight.shape[0])
+    if attrs.get("transA", 0):
+        return None
+    return int(weight.shape[1] if attrs.get("transB", 0) else weight.shape[0])
 
 
 def _states_json(layers, quant: dict[str, LayerQuant], raw: set[str]) -> str:

@@ -1,11 +1,13 @@
 """Layer states (int8, a16w8, dynamic, float, float_raw) on tiny graphs: each builds a checked model whose
 simulation equals its deploy model, reads the input it should, and is recorded in metadata and config."""
 
+import collections
 import dataclasses
 import tempfile
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 from synthetic import conv_chain_model, gemm_matmul_model
@@ -177,6 +179,27 @@ def test_a_layer_reading_the_raw_tensor_takes_its_producer_out_of_the_integer_ke
     model, cal = chain
     deploy, _ = both(model, cal, {"Conv_2": state})
     assert kernels(deploy)["QLinearConv"] == int8_convs
+
+
+@pytest.mark.parametrize("layer", ["Conv_2", "Conv_4"])
+def test_a_float_layer_stays_float_in_a_plain_onnxruntime_session(chain, layer):
+    """onnxruntime's WeightBiasQuantization (on in every default session) quantizes the float weights of a
+    Conv/Gemm between a per-tensor DequantizeLinear and a QuantizeLinear; a float layer's own per-axis
+    DequantizeLinear keeps it out, so a user's session computes what nbquant's does."""
+    model, cal = chain
+    deploy, _ = both(model, cal, {layer: "float"})
+    private = [n for n in deploy.graph.node if n.output[0] == f"{layer}/input_private_dequantized"]
+    assert len(private) == 1 and numpy_helper.to_array(
+        next(i for i in deploy.graph.initializer if i.name == private[0].input[1])).ndim == 1
+    plain = ort.InferenceSession(deploy.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = x_chain()
+    np.testing.assert_array_equal(plain.run(None, {"x": x})[0], run(deploy, x))
+    with tempfile.TemporaryDirectory() as folder:
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = f"{folder}/plain.onnx"
+        ort.InferenceSession(deploy.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        ops = collections.Counter(n.op_type for n in onnx.load(f"{folder}/plain.onnx").graph.node)
+    assert ops["QLinearConv"] + ops["QGemm"] == len(CHAIN_LAYERS) - 1, ops
 
 
 def test_dynamic_gemm_is_dynamic_quantize_matmul_with_its_bias(chain):

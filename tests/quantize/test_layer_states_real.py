@@ -10,6 +10,7 @@ import tempfile
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 
 from nbquant.calibration.config import config_from_dict, config_to_dict
@@ -96,6 +97,16 @@ def test_a_mixed_lite0_deploys_as_simulated_and_keeps_the_int8_top1(lite0):
     assert (logits["fake"].argmax(1) == logits["deploy"].argmax(1)).sum() >= 97
     correct = {name: int((value.argmax(1) == labels).sum()) for name, value in logits.items()}
     assert abs(correct["deploy"] - correct["int8"]) <= 3, correct
+
+
+def test_a_plain_onnxruntime_session_computes_the_same(lite0):
+    """A user's own session runs onnxruntime's WeightBiasQuantization, which would quantize a float layer
+    that reads a per-tensor DequantizeLinear (blocks.3 project, blocks.7 expand): nbquant's deploy model
+    gives such a layer a per-axis one, so the user gets what nbquant measured."""
+    _, models, logits, _, x = lite0
+    plain = ort.InferenceSession(models["deploy"].SerializeToString(), providers=["CPUExecutionProvider"])
+    got = np.concatenate([plain.run(None, {"input": x[i:i + 50]})[0] for i in (0, 50)])
+    np.testing.assert_array_equal(got, logits["deploy"])
 
 
 def test_the_states_are_in_the_model_the_config_and_the_run_files(lite0, tmp_path):

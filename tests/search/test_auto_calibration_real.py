@@ -95,6 +95,17 @@ def test_search_finds_the_culprits_and_binary_keeps_a_prefix(real_model_path, re
     assert binary.evaluations <= 2 + 6  # original, all-int8, ceil(log2 50)
 
 
+def test_all_int8_within_budget_skips_ranking_and_cost_profile(real_model_path, real_data, tmp_path):
+    result = auto_calibrate(real_model_path, real_data, evaluator=HarmfulLayers([]), save_dir=tmp_path,
+                            settings=AutoSettings(rank_num=8, sensitivity="cosine"), calib_settings=FAST_CALIB,
+                            progress=False)
+    assert result.ok and result.evaluations == 2 and "int8=50/50" in repr(result)
+    assert result.ranking.empty and not result.paths.ranking.exists() and result.costs is None
+    stages = set(result.stage_times["stage"])
+    assert not {"ranking", "profiling layer costs"} & stages and "measuring the final model's latency" in stages
+    assert result.latency["measured_ms"] > 0 and "predicted_ms" not in result.latency
+
+
 class DeployRounding(HarmfulLayers):
     """HarmfulLayers for fake-quant models; deploy models also lose 0.01 per ``deploy_harmful`` layer in int8."""
 
