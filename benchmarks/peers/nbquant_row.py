@@ -38,8 +38,9 @@ def run(data: Data, tool: str, setting: str, out_dir: Path) -> dict:
                             progress=False, cache=False)
     wall = time.perf_counter() - start
     n = len(result.final_config) if result.final_config is not None else len(result.ranking)
-    # the ranking runs the float model and each layer quantized alone on the ranking images
-    rank_images = min(auto.rank_num, n_calib)
+    # the ranking runs the float model and each layer quantized alone on the ranking images (none when the
+    # all-int8 model met the budget: nothing was ranked)
+    rank_images = min(auto.rank_num, n_calib) if not result.ranking.empty else 0
     # search steps count the float model; deploy models are evaluated for each step whose
     # fake-quant model passed (check_deploy), else once at the end
     deploy_evals = result.deploy_evaluations if auto.check_deploy else int(result.deploy_metric is not None)
@@ -48,7 +49,7 @@ def run(data: Data, tool: str, setting: str, out_dir: Path) -> dict:
         "original_metric": float(result.original_metric),
         "final_metric": float(result.final_metric) if result.ok else None,
         "full_evaluations": result.evaluations + deploy_evals,
-        "partial_calls": n + 1, "partial_images": (n + 1) * rank_images,
+        "partial_calls": n + 1 if rank_images else 0, "partial_images": (n + 1) * rank_images,
         "tool_float_layers": f"{len(result.float_layers)} of {n}",
         "model": str(result.paths.deploy_model) if result.ok else None,
         "message": result.message,

@@ -43,6 +43,9 @@ WARMUP = 3  # runs before any timed one: the first runs pack weights and grow th
 REWARM_SECONDS = 0.1
 REWARM_RUNS = 100
 REWARM_SLACK = 1.15
+# a round is one burst of a busy VM host away from its neighbours: rounds are added (up to ``extra_rounds``)
+# until each model's two fastest round medians lie within ROUND_AGREEMENT of each other
+ROUND_AGREEMENT = 1.10
 
 
 def batch_feed(feeds, session_inputs, batch: int) -> dict[str, np.ndarray]:
@@ -110,9 +113,11 @@ def profile_models(models: dict, feeds, runs: int = 20, warmup: int = WARMUP, th
 
 
 def _profile_then_time(models: dict, feeds, runs: int, warmup: int, threads: int | None, rounds: int,
-                       wall_rounds: int = 0) -> tuple[dict[str, tuple[pd.DataFrame, float]], dict[str, float]]:
+                       wall_rounds: int = 0, extra_rounds: int = 0
+                       ) -> tuple[dict[str, tuple[pd.DataFrame, float]], dict[str, float]]:
     """:func:`profile_models`, then (``wall_rounds``) the same sessions unprofiled, ``runs`` runs in that many
-    rounds: each model's best-round median wall milliseconds (no second session, no second warm-up)."""
+    rounds: each model's best-round median wall milliseconds (no second session, no second warm-up). Both
+    phases add up to ``extra_rounds`` rounds while some model's two best rounds disagree (:func:`rounds_agree`)."""
     runs, warmup = check_count("runs", runs), check_int("warmup", warmup, minimum=0)
     rounds = min(check_count("rounds", rounds), runs)
     with tempfile.TemporaryDirectory(prefix="nbquant-profile-") as folder:
@@ -123,50 +128,73 @@ def _profile_then_time(models: dict, feeds, runs: int, warmup: int, threads: int
         skipped: dict[str, set[int]] = {name: set() for name in sessions}
         round_of: dict[str, dict[int, int]] = {name: {} for name in sessions}
 
+        took: dict[str, list[list[float]]] = {name: [] for name in sessions}
+
         def run(name, count, timed_round=None):
             for _ in range(count):
                 if timed_round is None:
                     skipped[name].add(done[name])
                 else:
                     round_of[name][done[name]] = timed_round
+                start = time.perf_counter()
                 sessions[name].run(None, inputs[name])
+                if timed_round is not None:
+                    took[name][-1].append(time.perf_counter() - start)
                 done[name] += 1
         fastest: dict[str, float] = {}
         for name in sessions:
             _warm(lambda n=name: run(n, 1), fastest, name, warmup)
-        for r in range(rounds):
+        r = 0
+        while r < rounds or (r < rounds + extra_rounds and not rounds_agree(took)):
             for name in sessions:
                 if len(sessions) > 1:
                     _rewarm(lambda n=name: run(n, 1), fastest, name)
-                run(name, runs // rounds + (r < runs % rounds), r)
+                took[name].append([])
+                run(name, max(1, runs // rounds + (r < runs % rounds)), r)
+            r += 1
         profiles = {name: read_profile(session.end_profiling(), skipped[name], round_of[name])
                     for name, session in sessions.items()}
         if not wall_rounds:
             return profiles, {}
-        times = _timed_rounds(sessions, inputs, runs, wall_rounds, warmup=1)  # unprofiled runs are faster
+        times = timed_rounds(sessions, inputs, runs, wall_rounds, warmup=1,  # unprofiled runs are faster
+                              extra_rounds=extra_rounds)
         return profiles, {name: 1000 * min(float(np.median(one)) for one in per_round)
                           for name, per_round in times.items()}
 
 
-def _timed_rounds(sessions: dict, inputs: dict, count: int, rounds: int,
-                  warmup: int) -> dict[str, list[list[float]]]:
+def timed_rounds(sessions: dict, inputs: dict, count: int, rounds: int,
+                  warmup: int, extra_rounds: int = 0) -> dict[str, list[list[float]]]:
     """Seconds of ``count`` runs of each session after ``warmup`` untimed ones, split over ``rounds`` rounds
-    that take the sessions in turn; each turn starts with untimed runs (:func:`_rewarm`) unless one session
-    runs alone after its first round: the first runs after another session ran, or after a pause, are slower."""
+    that take the sessions in turn (and up to ``extra_rounds`` more while :func:`rounds_agree` says no); each turn
+    starts with untimed runs (:func:`_rewarm`) unless one session runs alone after its first round: the first
+    runs after another session ran, or after a pause, are slower."""
     times: dict[str, list[list[float]]] = {name: [] for name in sessions}
     fastest: dict[str, float] = {}
     for name, session in sessions.items():
         _warm(lambda s=session, i=inputs[name]: s.run(None, i), fastest, name, warmup)
-    for r in range(min(rounds, count)):
+    rounds = min(rounds, count)
+    r = 0
+    while r < rounds or (r < rounds + extra_rounds and not rounds_agree(times)):
         for name, session in sessions.items():
             if len(sessions) > 1 or r == 0:
                 _rewarm(lambda s=session, i=inputs[name]: s.run(None, i), fastest, name)
             times[name].append([])
-            for _ in range(count // rounds + (r < count % rounds)):
+            for _ in range(max(1, count // rounds + (r < count % rounds))):
                 start = time.perf_counter()
                 session.run(None, inputs[name])
                 times[name][-1].append(time.perf_counter() - start)
+        r += 1
     return times
+
+
+def rounds_agree(times: dict[str, list[list[float]]]) -> bool:
+    """Whether each model's two fastest round medians lie within ``ROUND_AGREEMENT`` of each other (so the
+    least disturbed round is likely an undisturbed one)."""
+    for per_round in times.values():
+        medians = sorted(float(np.median(one)) for one in per_round if one)
+        if len(medians) >= 2 and medians[1] > ROUND_AGREEMENT * medians[0]:
+            return False
+    return True
 
 
 def _warm(run_once, fastest: dict, name, count: int) -> None:
@@ -261,7 +289,7 @@ def layer_bytes(model: onnx.ModelProto, layers: Iterable[Layer], quantized: bool
 
 def cost_table(float_model, int8_model, feeds, probe_model=None, layers: Collection[Layer] | None = None,
                runs: int = 20, warmup: int = WARMUP, threads: int | None = None, wall: bool = True,
-               rounds: int = 4, wall_rounds: int = 2) -> LayerCosts:
+               rounds: int = 4, wall_rounds: int = 2, extra_rounds: int = 0) -> LayerCosts:
     """Each layer's cost in float and in int8 at the batch size of ``feeds``, from one profile of the float
     model and one of the all-int8 deploy model, and what a tensor crossing between float and int8 costs,
     fitted on the profile of ``probe_model``: a deploy model with isolated layers in float
@@ -270,14 +298,16 @@ def cost_table(float_model, int8_model, feeds, probe_model=None, layers: Collect
     ``wall``: also time the two models unprofiled (the same sessions once profiling ended, ``runs`` runs each
     in ``wall_rounds`` rounds), which turns predicted kernel time into wall time (``LayerCosts.scale``).
     Profiles (``runs`` runs in ``rounds`` rounds) and wall times are those of each model's least disturbed
-    round: the costs describe the machine undisturbed."""
+    round: the costs describe the machine undisturbed. ``extra_rounds``: up to this many more rounds in each
+    phase while a model's two best rounds differ by more than ``ROUND_AGREEMENT`` (a disturbed machine)."""
     float_model, int8_model = _load(float_model), _load(int8_model)
     layers = list(layers) if layers is not None else find_layers(float_model)
     if not layers:
         raise ModelError(f"model {float_model.graph.name!r} has no quantizable layer to cost")
     names = [layer.name for layer in layers]
     models = {"int8": int8_model, "float": float_model} | ({"probe": probe_model} if probe_model is not None else {})
-    profiled, wall_ms = _profile_then_time(models, feeds, runs, warmup, threads, rounds, wall_rounds if wall else 0)
+    profiled, wall_ms = _profile_then_time(models, feeds, runs, warmup, threads, rounds, wall_rounds if wall else 0,
+                                           extra_rounds)
     wall_ms = {state: wall_ms[state] for state in ("int8", "float") if state in wall_ms}
     run_us = {name: run for name, (_, run) in profiled.items()}
     profiles = {state: attribute(profiled[state][0], float_model, layers) for state in ("int8", "float")}
@@ -334,7 +364,7 @@ def measure_latencies(models: dict, feeds, batch_sizes: Iterable[int] = (1, 32),
     for batch in batch_sizes:
         count = check_count("runs", runs) if runs is not None else (60 if batch <= 4 else 12)
         inputs = {name: batch_feed(feeds, s.get_inputs(), batch) for name, s in sessions.items()}
-        times = _timed_rounds(sessions, inputs, count, rounds, warmup)
+        times = timed_rounds(sessions, inputs, count, rounds, warmup)
         for name, per_round in times.items():
             every = [t for one in per_round for t in one]
             rows.append({"model": name, "batch": batch, "median_ms": 1000 * float(np.median(every)),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import json
+import time
 
 import numpy as np
 import onnx
@@ -23,6 +24,8 @@ from nbquant.evaluation.latency import (
     profile_layers,
     profile_nodes,
     read_profile,
+    rounds_agree,
+    timed_rounds,
 )
 from nbquant.evaluation.latency_model import (
     LayerCosts,
@@ -249,3 +252,26 @@ def test_measure_latency_rows_per_batch_and_model(chain):
     assert both["model"].tolist() == ["int8", "float"]
     with pytest.raises(ConfigError, match="batch"):
         measure_latency(run.prepared.model, x, batch_sizes=(0,))
+
+
+class Alternating:
+    """A stand-in session: runs take 1 ms, except in every other block of ``block`` runs (10 ms)."""
+
+    def __init__(self, block: int):
+        self.block, self.calls = block, 0
+
+    def run(self, outputs, feeds):
+        self.calls += 1
+        time.sleep(0.01 if (self.calls // self.block) % 2 else 0.001)
+
+
+def test_rounds_agree_when_the_two_best_round_medians_are_close():
+    assert rounds_agree({"a": [[1.0, 1.2], [1.05, 1.0], [3.0, 3.0]], "b": [[2.0], [2.1]]})
+    assert not rounds_agree({"a": [[1.0, 1.0], [1.3, 1.3]]})  # 30 % apart: one round was disturbed
+    assert rounds_agree({"a": [[1.0]]}) and rounds_agree({"a": [[1.0], []]})  # nothing to compare yet
+
+
+def test_timed_rounds_stop_after_the_extra_rounds_allowed():
+    for extra in (0, 3):
+        times = timed_rounds({"m": Alternating(block=2)}, {"m": {}}, count=4, rounds=2, warmup=1, extra_rounds=extra)
+        assert 2 <= len(times["m"]) <= 2 + extra and all(len(one) == 2 for one in times["m"])
