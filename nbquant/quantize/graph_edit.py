@@ -104,8 +104,12 @@ class GraphEdit:
             nodes.append(node)
             nodes.extend(self.after.get(node.name, []))
         read = {name for node in nodes for name in node.input} | {o.name for o in graph.output}
-        nodes = [node for node in nodes if not (node.op_type == "Min" and node.output[0] in self.sunk
-                                                and node.output[0] not in read)]
+        added = {id(node) for group in (*self.before.values(), *self.after.values()) for node in group}
+        # a sunk Min nothing reads, and an added DequantizeLinear whose readers all got one of their own
+        # (onnxruntime would run it anyway)
+        nodes = [node for node in nodes if node.output[0] in read or not (
+            (node.op_type == "Min" and node.output[0] in self.sunk)
+            or (node.op_type == "DequantizeLinear" and id(node) in added))]
         del graph.node[:]
         graph.node.extend(nodes)
         graph.initializer.extend(self.initializers)

@@ -191,6 +191,8 @@ def test_a_float_layer_stays_float_in_a_plain_onnxruntime_session(chain, layer):
     private = [n for n in deploy.graph.node if n.output[0] == f"{layer}/input_private_dequantized"]
     assert len(private) == 1 and numpy_helper.to_array(
         next(i for i in deploy.graph.initializer if i.name == private[0].input[1])).ndim == 1
+    read = {name for node in deploy.graph.node for name in node.input} | {o.name for o in deploy.graph.output}
+    assert all(node.output[0] in read for node in deploy.graph.node)  # the shared twin left unread is gone
     plain = ort.InferenceSession(deploy.SerializeToString(), providers=["CPUExecutionProvider"])
     x = x_chain()
     np.testing.assert_array_equal(plain.run(None, {"x": x})[0], run(deploy, x))
