@@ -78,7 +78,7 @@ def main() -> None:
                 wall = time.perf_counter() - start
                 deploy = (evaluate(result.paths.deploy_model, data, progress=False).top1 if result.ok
                           else float("nan"))
-            n = len(result.final_config) if result.final_config is not None else len(result.ranking)
+            n = result.n_layers
             latency = result.latency or {}
             others = "".join(f", {layer} ({state})" for layer, state in result.states.items())
             print(header)

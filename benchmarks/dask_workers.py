@@ -62,7 +62,7 @@ def main() -> None:
     (here, here_wall, here_record), (there, there_wall, there_record) = runs.values()
     print(f"{'run':>12s} {'wall s':>7s} {'int8':>6s} {'evals':>5s} {'images':>7s}  final")
     for name, (result, wall, _) in runs.items():
-        n = len(result.final_config) if result.final_config is not None else len(result.ranking)
+        n = result.n_layers
         print(f"{name:>12s} {wall:7.1f} {n - len(result.float_layers):3d}/{n:<2d} {result.evaluations:5d} "
               f"{result.images_evaluated:7d}  {result.final_metric}")
     same = (here.float_layers == there.float_layers and here.final_metric == there.final_metric

@@ -118,7 +118,7 @@ def main() -> None:
         all_int8 = calibrate(path, calib, folder / "all", cal_settings, progress=False, cache=folder / "cache")
         print(row("nbquant all-int8 (deploy)", evaluator, all_int8.deploy_model, text,
                   time.perf_counter() - start), flush=True)
-        n = len(result.final_config) if result.final_config is not None else len(result.ranking)
+        n = result.n_layers
         label = f"nbquant auto {args.max_drop:g}: {n - len(result.float_layers)}/{n} int8"
         print(row(label, evaluator, result.paths.deploy_model, text, auto_wall) if result.ok
               else f"{label}: not met ({result.message})", flush=True)

@@ -44,7 +44,7 @@ def main() -> None:
             steps, full_steps = result.history["float_layers"].map(tuple), full.history["float_layers"].map(tuple)
             same = (result.float_layers == full.float_layers and steps.tolist() == full_steps.tolist()
                     and result.history["ok"].tolist() == full.history["ok"].tolist())
-            n = len(result.final_config) if result.final_config is not None else len(result.ranking)
+            n = result.n_layers
             saved = 1 - result.images_evaluated / full.images_evaluated
             print(f"{max_drop:8g} {str(early):>5s} {n - len(result.float_layers):3d}/{n:<2d} {result.evaluations:5d} "
                   f"{int(result.history['decided_early'].fillna(False).astype(bool).sum()):13d} "

@@ -37,7 +37,7 @@ def run_budget(model_path, data, max_drop: float, root: Path) -> tuple[dict, lis
         result = auto_calibrate(model_path, data, save_dir=save_dir, cache=root / f"cache-{max_drop}",
                                 settings=AutoSettings(max_drop=max_drop, objective=objective), progress=False)
         wall = time.perf_counter() - start
-        n = len(result.final_config) if result.final_config is not None else len(result.ranking)
+        n = result.n_layers
         rows.append({"objective": objective, "ok": result.ok, "wall_s": wall, "evaluations": result.evaluations,
                      "int8": n - len(result.float_layers) - len(result.states), "float": len(result.float_layers),
                      "states": ", ".join(f"{k}: {v}" for k, v in result.states.items()) or "-",

@@ -37,7 +37,7 @@ def run(data: Data, tool: str, setting: str, out_dir: Path) -> dict:
                             calib_settings=CalibrationSettings(calib_num=n_calib, per_channel=per_channel),
                             progress=False, cache=False)
     wall = time.perf_counter() - start
-    n = len(result.final_config) if result.final_config is not None else len(result.ranking)
+    n = result.n_layers
     # the ranking runs the float model and each layer quantized alone on the ranking images (none when the
     # all-int8 model met the budget: nothing was ranked)
     rank_images = min(auto.rank_num, n_calib) if not result.ranking.empty else 0

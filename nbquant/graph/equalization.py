@@ -31,7 +31,16 @@ import onnx
 import pandas as pd
 from onnx import helper, numpy_helper
 
-from .helpers import attribute, attributes, constants, consumers, copy_model, drop_unused_initializers, set_bias
+from .helpers import (
+    attribute,
+    attributes,
+    constants,
+    consumers,
+    copy_model,
+    drop_unused_initializers,
+    input_channels,
+    set_bias,
+)
 from .layers import find_layers
 
 PER_CHANNEL_CLIP = "per_channel_clip"  # suffix of the Min node (and its constant) a rescaled ReLU6 gets
@@ -94,7 +103,7 @@ def find_pairs(model: onnx.ModelProto) -> list[Pair]:
             continue
         second = nodes[reader.name]
         channels = values[layer.weight].shape[0]
-        if not _scalable(second, values) or _in_channels(second, values) != channels:
+        if not _scalable(second, values) or input_channels(second, values[second.input[1]]) != channels:
             continue
         pairs.append(Pair(layer.name, reader.name, activation, np.full(channels, upper, np.float64), lower))
     return pairs
@@ -152,11 +161,6 @@ def _scalable(node: onnx.NodeProto, values) -> bool:
 
 def _depthwise(node: onnx.NodeProto) -> bool:
     return attribute(node, "group", 1) > 1
-
-
-def _in_channels(node: onnx.NodeProto, values) -> int:
-    weight = values[node.input[1]]
-    return weight.shape[0] if _depthwise(node) else weight.shape[1]
 
 
 def _relu_bounds(node: onnx.NodeProto, values) -> tuple[float, float] | None:

@@ -103,3 +103,19 @@ def drop_unused_initializers(model: onnx.ModelProto) -> None:
     kept = [init for init in model.graph.initializer if init.name in used]
     del model.graph.initializer[:]
     model.graph.initializer.extend(kept)
+
+
+def input_channels(node: onnx.NodeProto, weight) -> int | None:
+    """The size of axis 1 of a Conv, ConvTranspose or Gemm's first input, from its weight's shape (None for a
+    Gemm with transA, whose axis 1 is the batch).
+
+    >>> input_channels(onnx.helper.make_node("Conv", ["x", "w"], ["y"], group=4), np.zeros((8, 2, 3, 3)))
+    8
+    """
+    if node.op_type == "Conv":
+        return int(weight.shape[1]) * attribute(node, "group", 1)
+    if node.op_type == "ConvTranspose":
+        return int(weight.shape[0])
+    if attribute(node, "transA", 0):
+        return None
+    return int(weight.shape[1] if attribute(node, "transB", 0) else weight.shape[0])

@@ -29,7 +29,15 @@ import onnx
 from onnx import TensorProto, helper
 
 from ..errors import ConfigError
-from ..graph.helpers import constants, consumers, first_consumer, node_by_name, rename_inputs, set_bias
+from ..graph.helpers import (
+    constants,
+    consumers,
+    first_consumer,
+    input_channels,
+    node_by_name,
+    rename_inputs,
+    set_bias,
+)
 from ..graph.layers import find_layers, post_layer_tensor
 from .deploy_target import target_metadata
 from .graph_edit import GraphEdit
@@ -118,7 +126,7 @@ def _private_dequantize(edit: GraphEdit, values, skip: set[str], twins: dict[str
         if node.name in skip or node.op_type not in ("Conv", "ConvTranspose", "Gemm") or not node.input \
                 or node.input[0] not in twins or len(node.input) < 2 or node.input[1] not in values:
             continue
-        channels = _input_channels(node, values[node.input[1]])
+        channels = input_channels(node, values[node.input[1]])
         if channels is None:
             continue
         prefix, p = twins[node.input[0]]
@@ -140,20 +148,8 @@ def _per_axis(node: onnx.NodeProto, values, p: QParams) -> tuple[QParams, int | 
     rewrite ``node`` (a Conv, ConvTranspose or Gemm with a constant weight), else ``p`` as it is."""
     if node.op_type not in ("Conv", "ConvTranspose", "Gemm") or len(node.input) < 2 or node.input[1] not in values:
         return p, None
-    channels = _input_channels(node, values[node.input[1]])
+    channels = input_channels(node, values[node.input[1]])
     return (p, None) if channels is None else (_repeated(p, channels), 1)
-
-
-def _input_channels(node: onnx.NodeProto, weight: np.ndarray) -> int | None:
-    """The size of axis 1 of the node's first input, from its weight (None: a Gemm with transA)."""
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    if node.op_type == "Conv":
-        return int(weight.shape[1]) * int(attrs.get("group", 1))
-    if node.op_type == "ConvTranspose":
-        return int(weight.shape[0])
-    if attrs.get("transA", 0):
-        return None
-    return int(weight.shape[1] if attrs.get("transB", 0) else weight.shape[0])
 
 
 def _states_json(layers, quant: dict[str, LayerQuant], raw: set[str]) -> str:

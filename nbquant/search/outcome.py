@@ -51,6 +51,11 @@ class AutoCalibrationResult:
     costs: LayerCosts | None = field(default=None, repr=False)  # the cost table the objective compared by
 
     @property
+    def n_layers(self) -> int:
+        """Quantizable layers of the model (the final config's rows; the ranking's when no config was met)."""
+        return len(self.final_config) if self.final_config is not None else len(self.ranking)
+
+    @property
     def evaluations(self) -> int:
         return len(self.history)
 
@@ -66,7 +71,7 @@ class AutoCalibrationResult:
         return int((self.history["judged"] == "deploy").sum())
 
     def __repr__(self) -> str:
-        n = len(self.final_config) if self.final_config is not None else len(self.ranking)
+        n = self.n_layers
         others = "".join(f", {state}={count}" for state, count in
                          sorted(pd.Series(list(self.states.values()), dtype=object).value_counts().items()))
         n_int8 = n - len(self.float_layers) - len(self.states)
