@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "nbquant"
 REPO = PACKAGE.parent
 
 # bottom to top; a module may import its own stage and the stages before it
-SHARED = ("errors", "options", "files", "settings", "timing", "cache")
+SHARED = ("errors", "options", "files", "settings", "timing", "threads", "cache")
 STAGES = {"graph": 1, "quantize": 2, "data": 3, "evaluation": 4, "calibration": 5, "search": 6,
           "notebook": 7, "zoo": 7, "cli": 8, "__main__": 8, "__init__": 8}
 MAX_LINES = 450

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import numpy as np
@@ -26,6 +25,7 @@ from ..quantize.numerics import (
     quantize,
     weight_qparams,
 )
+from ..threads import map_threads
 from ..timing import timed
 from . import clip_methods
 from .bias_correction import weight_error_shift
@@ -68,10 +68,10 @@ def observe(session, names: list[str], batches, bins: int = DEFAULT_BINS, mean_n
     observers = [(name, HistogramObserver(bins)) for name in names]
     observers += [(name, ChannelMeanObserver()) for name in mean_names]
     observers += list(extra)
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        for batch in batches:
-            outputs = dict(zip(names, session.run(names, feed(session, batch))))
-            list(pool.map(lambda pair, out=outputs: pair[1].partial_fit(out[pair[0]]), observers))
+    for batch in batches:
+        outputs = dict(zip(names, session.run(names, feed(session, batch))))
+        map_threads(lambda pair, out=outputs: pair[1].partial_fit(out[pair[0]]), observers,
+                    cost=lambda pair, out=outputs: out[pair[0]].size)
     histograms = {n: o for n, o in observers if isinstance(o, HistogramObserver)}
     means = {n: o for n, o in observers if isinstance(o, ChannelMeanObserver)}
     return histograms, means
@@ -105,13 +105,19 @@ class Calibrator:
         self.means_ = means or {}
         self.covariances_ = covariances or {}
         self._given_roundings = roundings or {}
-        self.roundings_: dict[str, tuple[np.ndarray, str]] = {}  # every layer GPTQ rounded or chose not to
         groups = {n.name: attribute(n, "group", 1) for n in model.graph.node}
         self.layers_ = find_layers(model, values)
         self.config.check_layers([layer.name for layer in self.layers_], "the model")
         self.observers_ = observers
-        quants = [self._layer_quant(layer, self.config.layers[layer.name], values, groups.get(layer.name, 1))
-                  for layer in self.layers_]
+        settings = [self.config.layers[layer.name] for layer in self.layers_]
+        params = [self._layer_params(layer, each, values) for layer, each in zip(self.layers_, settings)]
+        with timed("weight rounding"):  # the layers in parallel: GPTQ's column loop keeps one core busy
+            jobs = [(layer, values[layer.weight], p[2], each.weight.rounding)
+                    for layer, p, each in zip(self.layers_, params, settings)]
+            rounded = map_threads(lambda job: self._round(*job), jobs, cost=lambda job: _rounding_cost(job[1]))
+        self.roundings_ = {layer.name: (q, how) for layer, (q, how, kept) in zip(self.layers_, rounded) if kept}
+        quants = [self._layer_quant(layer, each, values, groups.get(layer.name, 1), *p, q, how)
+                  for layer, each, p, (q, how, _) in zip(self.layers_, settings, params, rounded)]
         self.layer_quant_ = {layer.name: quant for layer, quant in zip(self.layers_, quants)}
         self.tensor_qparams_ = {}
         for layer in self.layers_:
@@ -142,13 +148,17 @@ class Calibrator:
         copy.__dict__.update({k: v for k, v in self.__dict__.items() if k != "config"})
         return copy._select()
 
-    def _layer_quant(self, layer: Layer, settings, values, group: int) -> LayerQuant:
+    def _layer_params(self, layer: Layer, settings, values) -> tuple[QParams, tuple[float, float], QParams]:
+        """The layer's activation params, their clip range and its weight params (before rounding)."""
         activation, clip = self._activation_qparams(layer.input, settings)
         w = values[layer.weight]
         weight = weight_qparams(w, settings.weight.per_channel, layer.weight_axis, settings.weight.weight_max)
         model_bias = values[layer.bias] if layer.bias else None
-        weight = bias_safe_weight_params(weight, model_bias, float(activation.scale))
-        weight_q, rounding = self._round_weight(layer, w, weight, settings.weight.rounding)
+        return activation, clip, bias_safe_weight_params(weight, model_bias, float(activation.scale))
+
+    def _layer_quant(self, layer: Layer, settings, values, group: int, activation: QParams, clip, weight: QParams,
+                     weight_q: np.ndarray, rounding: str) -> LayerQuant:
+        w = values[layer.weight]
         bias = None
         if settings.weight.bias_correction and layer.input in self.means_:
             w_fq = dequantize(weight_q, weight, layer.weight_axis)
@@ -158,25 +168,19 @@ class Calibrator:
         return LayerQuant(layer, activation, weight, weight_q, clip, bias, rounding, dynamic,
                           (float(observer.min_), float(observer.max_)))
 
-    def _round_weight(self, layer: Layer, w: np.ndarray, weight: QParams, rounding: WeightRounding):
-        """Integer weights and how they were rounded (GPTQ where asked for and its statistics exist)."""
-        with timed("weight rounding"):
-            return self._round(layer, w, weight, rounding)
-
     def _round(self, layer: Layer, w: np.ndarray, weight: QParams, rounding: WeightRounding):
+        """(integer weights, how they were rounded, whether GPTQ chose it): GPTQ where asked for and its
+        statistics (or a given rounding) exist, else nearest. Runs on worker threads: reads ``self`` only."""
         if rounding is WeightRounding.GPTQ and layer.name in self._given_roundings:
             q, how = self._given_roundings[layer.name]
-            self.roundings_[layer.name] = (q, how)
-            return q.astype(weight.dtype), how
+            return q.astype(weight.dtype), how, True
         observer = self.covariances_.get(layer.name)
         w2 = weight_matrix(layer, w)
         if rounding is not WeightRounding.GPTQ or observer is None or observer.folds < 2 or w2 is None:
-            return quantize(w, weight, layer.weight_axis), "nearest"
+            return quantize(w, weight, layer.weight_axis), "nearest", False
         covs = (observer.covariance(0), observer.covariance(1))
         q2, how = choose_rounding(w2, weight.scale, weight.qmax, covs, observer.covariance())
-        q = from_weight_matrix(layer, q2, w.shape).astype(weight.dtype)
-        self.roundings_[layer.name] = (q, how)
-        return q, how
+        return from_weight_matrix(layer, q2, w.shape).astype(weight.dtype), how, True
 
     def _corrected_bias(self, layer: Layer, w_fq: np.ndarray, values, group: int) -> np.ndarray | None:
         w = values[layer.weight]
@@ -203,6 +207,11 @@ class Calibrator:
         if not hasattr(self, "table_"):
             raise NotFittedError("this Calibrator is not fitted yet; call fit(model, observers) first")
         return self.table_
+
+
+def _rounding_cost(w: np.ndarray) -> float:
+    """How long a weight's rounding takes, roughly (GPTQ: outputs x inputs^2), to start the longest first."""
+    return float(w.size) * (w.size // w.shape[0])
 
 
 def _table_row(layer: Layer, settings, quant: LayerQuant, observer: HistogramObserver, values) -> dict:

@@ -21,6 +21,7 @@ from PIL import Image
 
 from ..errors import DataError
 from ..options import check_count
+from ..threads import usable_cpus
 from .preprocess import Preprocess, crop_pixels, preprocess_image
 
 logger = logging.getLogger(__name__)
@@ -146,11 +147,7 @@ def _decode(path: Path, pre: Preprocess, pixels: bool = False) -> np.ndarray | N
 
 
 def _decode_threads() -> int:
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 1
-    return max(1, min(4, cpus))
+    return max(1, min(4, usable_cpus()))
 
 
 class ImageDataset:

@@ -86,3 +86,27 @@ def test_calibration_memory_is_flat(real_calibration):
     hist = next(iter(real_calibration.calibrator.observers_.values()))
     assert hist.counts_.size == 4096 and hist.count_ == 100 * 3 * 224 * 224
     assert np.isclose(hist.counts_.sum(), hist.count_)
+
+
+def test_layers_round_in_parallel_to_the_same_integers_as_in_series(real_model_path, real_data, monkeypatch):
+    """GPTQ runs the layers on worker threads with a single-threaded BLAS (nbquant.threads): the integers and
+    the rounding each layer chose are those of one layer after another."""
+    import nbquant.threads
+    from nbquant.calibration.calibrator import Calibrator
+    from nbquant.calibration.run import CalibrationSettings, build_config, collect_statistics
+    from nbquant.data.binding import bind_data
+    from nbquant.graph.prepare import prepare_model
+
+    prepared = prepare_model(real_model_path)
+    data, pre = bind_data(prepared, real_data, None)
+    settings = CalibrationSettings()
+    histograms, means, covariances = collect_statistics(prepared, data.spread(20), pre, settings, progress=False)
+    config = build_config(prepared, settings)
+    parallel = Calibrator(config).fit(prepared.model, histograms, means, covariances)
+    monkeypatch.setattr(nbquant.threads, "usable_cpus", lambda: 1)
+    series = Calibrator(config).fit(prepared.model, histograms, means, covariances)
+    assert len(parallel.roundings_) >= 30 and parallel.roundings_.keys() == series.roundings_.keys()
+    assert {how for _, how in parallel.roundings_.values()} & {"gptq(0.01)", "gptq(0.1)", "gptq(1)"}
+    for name, quant in parallel.layer_quant_.items():
+        assert np.array_equal(quant.weight_q, series.layer_quant_[name].weight_q), name
+        assert quant.rounding == series.layer_quant_[name].rounding, name
