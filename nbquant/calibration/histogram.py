@@ -111,16 +111,18 @@ CHUNK = 1 << 16  # elements binned at a time: the temporaries stay in the core's
 
 
 def _bin_counts(x: np.ndarray, lo: float, hi: float, bins: int) -> np.ndarray:
-    """Counts of ``x`` in ``bins`` equal bins over [lo, hi]; a few times faster than np.histogram."""
+    """Counts of float32 ``x`` (every value at least ``lo``) in ``bins`` equal bins over [lo, hi]; a few times
+    faster than np.histogram."""
     counts = np.zeros(bins, np.int64)
     scale = np.float32(bins / (hi - lo))
+    low = np.float32(lo)  # no float32 value lies in [lo, low): the values are at least low
     values, index = np.empty(min(CHUNK, x.size), np.float32), np.empty(min(CHUNK, x.size), np.intp)
     for start in range(0, x.size, CHUNK):
         chunk = x[start:start + CHUNK]
         part, where = values[:chunk.size], index[:chunk.size]
-        np.subtract(chunk, np.float32(lo), out=part)
+        np.subtract(chunk, low, out=part)  # >= 0: no lower clip needed
         part *= scale
-        np.clip(part, 0, bins - 1, out=part)
+        np.minimum(part, bins - 1, out=part)
         where[...] = part
         counts += np.bincount(where, minlength=bins)
     return counts

@@ -22,7 +22,7 @@ class AutoSettings:
     sensitivity: str = "output"
     max_evals: int = 10  # every model evaluated, the float and all-int8 ones included
     eval_num: int | None = None
-    rank_num: int = 32
+    rank_num: int = 16  # images the ranking runs; 16 rank Lite0 as well as 32 (docs/benchmarks.md)
     metric: str | None = None  # built-in evaluator; None: picked by the output's shape (see LogitEvaluator)
     check_deploy: bool = True  # judge the deploy model (where this CPU runs it exactly); False: the simulation
     early_decisions: bool = True  # stop an evaluation once it cannot meet the budget (top1, agreement)
