@@ -134,7 +134,7 @@ def with_weight_ranges(config: QuantConfig, base: QuantConfig) -> QuantConfig:
 
 # Bump when the code changes what the statistics or the roundings are: cached ones of the old code are then
 # never reused (every result derived from a calibration, the ranking and the evaluations, is keyed on these).
-STATISTICS_VERSION = 2  # 2: channel means summed per sample in float32 first (issue 18)
+STATISTICS_VERSION = 3  # 2: channel means summed per sample in float32 first; 3: large batches binned in a sample
 ROUNDING_VERSION = 2  # 2: vectorized GPTQ candidates (issue 18)
 
 

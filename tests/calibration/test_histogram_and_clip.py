@@ -32,6 +32,19 @@ def test_histogram_of_many_chunks_counts_every_value_in_its_bin():
     assert counts.sum() == x.size
 
 
+def test_a_large_batch_bins_a_sample_but_keeps_its_exact_range():
+    x = np.random.default_rng(2).normal(size=10_000).astype(np.float32)
+    x[1] = 9.0  # not in the sample of every 3rd value: the range still reaches it
+    sampled = HistogramObserver(bins=64, sample=3000).partial_fit(x)
+    assert sampled.count_ == x[::3].size and sampled.counts_.sum() == x[::3].size
+    assert sampled.max_ == 9.0 and sampled.edges_[-1] >= 9.0
+    whole = HistogramObserver(bins=64, sample=3000).partial_fit(x[:5999])  # under 2 * sample: every value
+    assert whole.count_ == 5999
+    cdf = np.cumsum(sampled.counts_) / sampled.count_
+    median = sampled.edges_[np.searchsorted(cdf, 0.5)]
+    assert median == pytest.approx(np.median(x), abs=2 * (sampled.edges_[1] - sampled.edges_[0]))
+
+
 def test_histogram_ignores_nan_and_inf():
     obs = HistogramObserver(bins=16).partial_fit(np.array([0.0, 1.0, np.nan, np.inf]))
     assert obs.count_ == 2 and obs.max_ == 1.0
