@@ -109,6 +109,7 @@ class Calibrator:
         self.layers_ = find_layers(model, values)
         self.config.check_layers([layer.name for layer in self.layers_], "the model")
         self.observers_ = observers
+        self._clip_memo: dict[tuple, tuple[QParams, tuple[float, float]]] = {}
         settings = [self.config.layers[layer.name] for layer in self.layers_]
         params = [self._layer_params(layer, each, values) for layer, each in zip(self.layers_, settings)]
         with timed("weight rounding"):  # the layers in parallel: GPTQ's column loop keeps one core busy
@@ -193,7 +194,14 @@ class Calibrator:
         return (bias - shift).astype(np.float32)
 
     def _activation_qparams(self, tensor: str, settings) -> tuple[QParams, tuple[float, float]]:
-        act = settings.activation
+        """A tensor's params and clip range; once per tensor and settings (a layer's output is often the next
+        layer's input)."""
+        key = (tensor, settings.activation)
+        if key not in self._clip_memo:
+            self._clip_memo[key] = self._search_clip(tensor, settings.activation)
+        return self._clip_memo[key]
+
+    def _search_clip(self, tensor: str, act) -> tuple[QParams, tuple[float, float]]:
         qrange = INT8 if act.symmetric else UINT8
         observer = self.observers_[tensor]
         counts, edges = observer.nonzero_histogram

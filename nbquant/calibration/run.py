@@ -135,7 +135,7 @@ def with_weight_ranges(config: QuantConfig, base: QuantConfig) -> QuantConfig:
 # Bump when the code changes what the statistics or the roundings are: cached ones of the old code are then
 # never reused (every result derived from a calibration, the ranking and the evaluations, is keyed on these).
 STATISTICS_VERSION = 3  # 2: channel means summed per sample in float32 first; 3: large batches binned in a sample
-ROUNDING_VERSION = 2  # 2: vectorized GPTQ candidates (issue 18)
+ROUNDING_VERSION = 3  # 2: vectorized GPTQ candidates; 3: lazy updates every 32 columns (issue 18)
 
 
 def fit_calibrator(prepared: PreparedModel, data: ImageDataset | TensorDataset, pre: Preprocess | None,
