@@ -2,7 +2,7 @@
 
 Work such as GPTQ's column loop is Python stepping through small numpy operations: it keeps one core
 busy whatever BLAS does, and OpenBLAS's own threads spin while they wait for it. Layers in parallel,
-each on one BLAS thread, use every core instead (GPTQ on EfficientNet-Lite0, 2 cores: 4.0 s -> 2.4 s,
+each on one BLAS thread, use every core instead (GPTQ on EfficientNet-Lite0, 2 cores: 4.0 s -> 2.1-2.4 s,
 same integers). With one BLAS thread a result no longer depends on how many cores BLAS found.
 """
 
