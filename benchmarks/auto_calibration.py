@@ -2,8 +2,9 @@
 
 Run: python benchmarks/auto_calibration.py  (NBQUANT_MODEL / NBQUANT_DATA; 100 calibration
 images, every image for evaluation). Settings (``--settings``, comma-separated, run in that order):
-per-channel weights at max drop 0.002 and 0.005 with the default strategy, on the deploy target
-auto picks for this CPU or a forced one (-portable, -full), `binary`, per-tensor weights at 0.01.
+per-channel weights at max drop 0.001, 0.002 and 0.005 with the default strategy, on the deploy target
+auto picks for this CPU or a forced one (-portable, -full), `binary`, the `cosine` ranking, per-tensor
+weights at 0.01; ``--rank-num`` sets the ranking's images.
 Each run starts with an empty cache (cold) unless its name ends in ``-warm``: it then reuses the
 cache of the run before it with the same weights and target (a new budget after a first run, as a
 notebook user moving the slider gets). Per run: one summary row (int8: layers in plain int8; b1 ms:
@@ -34,6 +35,10 @@ SETTINGS = {  # per-channel, max drop, strategy (None: the default), sensitivity
     "pc-0.002-binary": (True, 0.002, "binary", "output", "auto"),
     "pc-0.002-binary-cosine": (True, 0.002, "binary", "cosine", "auto"),
     "pc-0.005": (True, 0.005, None, "output", "auto"),
+    "pc-0.001": (True, 0.001, None, "output", "auto"),
+    "pc-0.002-cosine": (True, 0.002, None, "cosine", "auto"),
+    "pc-0.002-portable-cosine": (True, 0.002, None, "cosine", "portable"),
+    "pc-0.001-cosine": (True, 0.001, None, "cosine", "auto"),
     "pc-0.005-portable": (True, 0.005, None, "output", "portable"),
     "pt-0.01": (False, 0.01, None, "output", "auto"),
 }
@@ -54,6 +59,7 @@ def main() -> None:
     p.add_argument("--settings", default=DEFAULT, help=f"comma-separated, from {', '.join(SETTINGS)}, "
                    "each optionally with -warm")
     p.add_argument("--no-stages", action="store_true", help="summary rows only")
+    p.add_argument("--rank-num", type=int, default=AutoSettings.rank_num, help="ranking images")
     args = p.parse_args()
     model_path, data_dir = model_and_data(args)
     data = ImageDataset(data_dir)
@@ -67,7 +73,7 @@ def main() -> None:
             group = (per_channel, target)
             if not warm or group not in caches:
                 caches[group] = Path(root) / f"cache-{number}"
-            auto = AutoSettings(max_drop=max_drop, sensitivity=sensitivity,
+            auto = AutoSettings(max_drop=max_drop, sensitivity=sensitivity, rank_num=args.rank_num,
                                 **({"strategy": strategy} if strategy else {}))
             with tempfile.TemporaryDirectory() as tmp:
                 start = time.perf_counter()
