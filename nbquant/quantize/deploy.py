@@ -123,14 +123,13 @@ def _private_dequantize(edit: GraphEdit, values, skip: set[str], twins: dict[str
     layers given one."""
     done = set()
     for node in list(edit.model.graph.node):
-        if node.name in skip or node.op_type not in ("Conv", "ConvTranspose", "Gemm") or not node.input \
-                or node.input[0] not in twins or len(node.input) < 2 or node.input[1] not in values:
-            continue
-        channels = input_channels(node, values[node.input[1]])
-        if channels is None:
+        if node.name in skip or not node.input or node.input[0] not in twins:
             continue
         prefix, p = twins[node.input[0]]
-        scale, zero_point = edit.qparam_inputs(f"{node.name}/input_private", _repeated(p, channels))
+        repeated, axis = _per_axis(node, values, p)
+        if axis is None:
+            continue
+        scale, zero_point = edit.qparam_inputs(f"{node.name}/input_private", repeated)
         node.input[0] = edit.dequantize(node.name, f"{prefix}_quantized", f"{node.name}/input_private", scale,
                                         zero_point, {"axis": 1})
         done.add(node.name)
