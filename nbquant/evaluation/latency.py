@@ -128,30 +128,15 @@ def _profile_then_time(models: dict, feeds, runs: int, warmup: int, threads: int
         skipped: dict[str, set[int]] = {name: set() for name in sessions}
         round_of: dict[str, dict[int, int]] = {name: {} for name in sessions}
 
-        took: dict[str, list[list[float]]] = {name: [] for name in sessions}
-
-        def run(name, count, timed_round=None):
-            for _ in range(count):
-                if timed_round is None:
-                    skipped[name].add(done[name])
-                else:
-                    round_of[name][done[name]] = timed_round
-                start = time.perf_counter()
-                sessions[name].run(None, inputs[name])
-                if timed_round is not None:
-                    took[name][-1].append(time.perf_counter() - start)
-                done[name] += 1
-        fastest: dict[str, float] = {}
-        for name in sessions:
-            _warm(lambda n=name: run(n, 1), fastest, name, warmup)
-        r = 0
-        while r < rounds or (r < rounds + extra_rounds and not rounds_agree(took)):
-            for name in sessions:
-                if len(sessions) > 1:
-                    _rewarm(lambda n=name: run(n, 1), fastest, name)
-                took[name].append([])
-                run(name, max(1, runs // rounds + (r < runs % rounds)), r)
-            r += 1
+        def run_once(name, timed_round):  # the profile keeps the timed runs' rounds and skips the others
+            if timed_round is None:
+                skipped[name].add(done[name])
+            else:
+                round_of[name][done[name]] = timed_round
+            sessions[name].run(None, inputs[name])
+            done[name] += 1
+        _rounds({name: lambda r, n=name: run_once(n, r) for name in sessions}, runs, rounds, warmup, extra_rounds,
+                rewarm_alone=False)
         profiles = {name: read_profile(session.end_profiling(), skipped[name], round_of[name])
                     for name, session in sessions.items()}
         if not wall_rounds:
@@ -163,25 +148,36 @@ def _profile_then_time(models: dict, feeds, runs: int, warmup: int, threads: int
 
 
 def timed_rounds(sessions: dict, inputs: dict, count: int, rounds: int,
-                  warmup: int, extra_rounds: int = 0) -> dict[str, list[list[float]]]:
+                warmup: int, extra_rounds: int = 0) -> dict[str, list[list[float]]]:
     """Seconds of ``count`` runs of each session after ``warmup`` untimed ones, split over ``rounds`` rounds
     that take the sessions in turn (and up to ``extra_rounds`` more while :func:`rounds_agree` says no); each turn
     starts with untimed runs (:func:`_rewarm`) unless one session runs alone after its first round: the first
     runs after another session ran, or after a pause, are slower."""
-    times: dict[str, list[list[float]]] = {name: [] for name in sessions}
+    return _rounds({name: lambda r, s=session, i=inputs[name]: s.run(None, i) for name, session in sessions.items()},
+                   count, rounds, warmup, extra_rounds)
+
+
+def _rounds(run_once: dict, count: int, rounds: int, warmup: int, extra_rounds: int = 0,
+            rewarm_alone: bool = True) -> dict[str, list[list[float]]]:
+    """The round loop :func:`timed_rounds` and the profile share: seconds of ``count`` timed calls of each
+    ``run_once[name](round)`` after ``warmup`` untimed ones (``round`` None), split over ``rounds`` rounds that
+    take the names in turn, plus up to ``extra_rounds`` while :func:`rounds_agree` says no. Each turn starts
+    with untimed calls (:func:`_rewarm`) when several names alternate, and, with ``rewarm_alone``, before a
+    lone name's first round."""
+    times: dict[str, list[list[float]]] = {name: [] for name in run_once}
     fastest: dict[str, float] = {}
-    for name, session in sessions.items():
-        _warm(lambda s=session, i=inputs[name]: s.run(None, i), fastest, name, warmup)
+    for name, once in run_once.items():
+        _warm(lambda o=once: o(None), fastest, name, warmup)
     rounds = min(rounds, count)
     r = 0
     while r < rounds or (r < rounds + extra_rounds and not rounds_agree(times)):
-        for name, session in sessions.items():
-            if len(sessions) > 1 or r == 0:
-                _rewarm(lambda s=session, i=inputs[name]: s.run(None, i), fastest, name)
+        for name, once in run_once.items():
+            if len(run_once) > 1 or (rewarm_alone and r == 0):
+                _rewarm(lambda o=once: o(None), fastest, name)
             times[name].append([])
             for _ in range(max(1, count // rounds + (r < count % rounds))):
                 start = time.perf_counter()
-                session.run(None, inputs[name])
+                once(r)
                 times[name][-1].append(time.perf_counter() - start)
         r += 1
     return times
