@@ -15,7 +15,9 @@ from nbquant.search.record import load_record, read_record
 from nbquant.search.retarget import explorer_from_auto_result
 
 CALIB = CalibrationSettings(calib_num=16, batch_size=8, dynamic=False)
-SETTINGS = AutoSettings(rank_num=8, sensitivity="cosine", max_evals=30)
+# objective count: on this tiny encoder the latency profile is noise (0.1 ms a run), and whether a float
+# MatMul is then tried as dynamic would depend on the CPU's timing, not on the flow under test
+SETTINGS = AutoSettings(rank_num=8, sensitivity="cosine", max_evals=30, objective="count")
 HARMFUL = ["matmul_99/MatMul"]  # ranked second of 8 here: the search needs a few steps
 
 
