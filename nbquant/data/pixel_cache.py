@@ -59,6 +59,8 @@ class CachedImages:
         """uint8 pixels [len(indices), H, W, 3] of the images at ``indices``, in that order."""
         if not len(indices):
             return np.empty((0, *self.pre.image_size, 3), np.uint8)
+        if self._file is None:
+            return self.pixels[np.asarray(indices, np.intp)]
         return np.stack([self.read(int(i), int(i) + 1)[0] for i in indices])
 
     def gather(self, indices) -> np.ndarray:
@@ -82,27 +84,33 @@ class CachedImages:
                             pixels=self.pixels_at(indices))
 
 
+def pixels_of(images: CachedImages, root: Path, dataset: ImageDataset) -> np.ndarray | None:
+    """uint8 pixels of ``dataset``'s files, in its order, from ``images`` (decoded from the folder ``root``):
+    None unless it holds every one of them."""
+    where = {name: i for i, name in enumerate(images.files)}
+    rows = []
+    for path in dataset.files:
+        try:
+            rows.append(where[Path(path).relative_to(root).as_posix()])
+        except (KeyError, ValueError):  # not decoded there, or outside the folder
+            return None
+    return images.pixels_at(rows)
+
+
 def cache_images(dataset: ImageDataset, pre: Preprocess, path: Path | None = None, batch_size: int = 32,
                  progress: bool = True, desc: str = "decode images") -> CachedImages:
     """Decode ``dataset`` once into uint8 pixels: into the file ``path`` (streamed, so memory does
-    not grow with the images) or in memory when None. Undecodable files are skipped
-    (``dataset.iter_batches`` warns about them)."""
-    labels, files, chunks = [], [], []
+    not grow with the images) or in memory when None. Undecodable files are skipped, with a warning."""
+    if path is None:
+        pixels, kept = dataset.decode_pixels(pre, progress, desc)
+        files = [p.relative_to(dataset.root).as_posix() for p, ok in zip(dataset.files, kept) if ok]
+        return CachedImages(pre, dataset.labels[kept], files, pixels=pixels)
+    labels, files = [], []
     total = -(-len(dataset) // batch_size)
     batches = tqdm(dataset.iter_batches(pre, batch_size, pixels=True), total=total, desc=desc, disable=not progress)
-    handle = open(path, "wb") if path is not None else None  # noqa: SIM115 (closed in finally)
-    try:
+    with open(path, "wb") as handle:
         for batch in batches:
-            if handle is not None:
-                handle.write(np.ascontiguousarray(batch.images, np.uint8).tobytes())
-            else:
-                chunks.append(batch.images)
+            handle.write(np.ascontiguousarray(batch.images, np.uint8).tobytes())
             labels.append(batch.labels)
             files += [p.relative_to(dataset.root).as_posix() for p in batch.files]
-    finally:
-        if handle is not None:
-            handle.close()
-    labels = np.concatenate(labels) if labels else np.empty(0, np.int64)
-    if path is not None:
-        return CachedImages(pre, labels, files, Path(path))
-    return CachedImages(pre, labels, files, pixels=np.concatenate(chunks))
+    return CachedImages(pre, np.concatenate(labels) if labels else np.empty(0, np.int64), files, Path(path))

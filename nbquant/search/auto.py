@@ -120,6 +120,7 @@ def _run(run: RunContext) -> AutoCalibrationResult:
     if run.evaluator.pool is not None:
         log.info("evaluating on %r", run.evaluator.pool)
     run.evaluator.prepare(run.prepared.model, run.pre, run.temp, run.progress, run.cache)
+    run.calib_set = run.evaluator.with_decoded(run.calib_set)  # calibration and ranking decode nothing new
     _write_order(run)
     _evaluate_original(run)
     calibrator = _calibrate(run)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from ..data.images import ImageDataset
+from ..data.pixel_cache import CachedImages, pixels_of
 from ..data.preprocess import Preprocess
 from ..errors import NbquantError
 from ..evaluation.evaluators import LogitEvaluator
@@ -49,6 +51,8 @@ class SearchEvaluator(Protocol):
 
     def run_order(self) -> tuple[list[str], str] | None: ...
 
+    def with_decoded(self, data): ...  # ``data`` carrying the pixels the evaluator decoded already, where it can
+
     def evaluate(self, model, name: str, saved: Path | None = None) -> Measurement: ...
 
     def decide(self, model, name: str, original) -> Measurement: ...
@@ -79,6 +83,10 @@ class FileEvaluator:
     def run_order(self) -> tuple[list[str], str] | None:
         """The evaluation images in the order they run, and the rule; None: this evaluator does not say."""
         return None
+
+    def with_decoded(self, data):
+        """``data`` as it is: a user's evaluator decodes its own images."""
+        return data
 
     def evaluate(self, model, name: str, saved: Path | None = None) -> Measurement:
         """Evaluate ``model`` from ``<folder>/<name>.onnx`` (removed after), or from ``saved`` where it is
@@ -127,6 +135,15 @@ class BuiltinEvaluator:
         rule = ("the float model's misses first, then ascending float top-1 margin" if self.evaluator.decides_early
                 else "file order")
         return [files[i] for i in self.evaluator.order_], rule
+
+    def with_decoded(self, data):
+        """``data`` with its pixels taken from the decoded evaluation images when they hold all of its images
+        (the calibration and ranking images usually are evaluation images): no image is decoded twice."""
+        images = self.evaluator.images_
+        if not isinstance(images, CachedImages) or not isinstance(data, ImageDataset):
+            return data
+        pixels = pixels_of(images, self.evaluator.data.root, data)
+        return data if pixels is None else data.with_pixels(images.pre, pixels)
 
     def evaluate(self, model, name: str, saved: Path | None = None) -> Measurement:
         metric = self.evaluator.evaluate(model)

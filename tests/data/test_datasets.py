@@ -150,6 +150,36 @@ def test_corrupt_image_is_skipped_with_warning(imagenet_dir, caplog):
     assert str(bad) in caplog.text and str(truncated) in caplog.text
 
 
+def test_pixels_decoded_in_place_leave_corrupt_images_out(imagenet_dir, caplog):
+    expected = np.concatenate([b.images for b in ImageDataset(imagenet_dir).iter_batches(PRE, 2, pixels=True)])
+    (imagenet_dir / "n01484850_shark.jpg").write_text("this is not a jpeg")
+    data = ImageDataset(imagenet_dir)
+    with caplog.at_level(logging.WARNING, logger="nbquant.data.images"):
+        pixels, kept = data.decode_pixels(PRE)
+    assert kept.tolist() == [True, True, False, True] and data.skipped == [imagenet_dir / "n01484850_shark.jpg"]
+    assert np.array_equal(pixels, expected) and "n01484850_shark.jpg" in caplog.text
+
+
+def test_a_dataset_with_its_pixels_decodes_nothing_and_its_subsets_keep_them(imagenet_dir, monkeypatch):
+    import nbquant.data.images as images
+
+    data = ImageDataset(imagenet_dir)
+    inputs = np.concatenate([b.images for b in data.iter_batches(PRE, 2)])
+    pixels, _ = data.decode_pixels(PRE)
+    monkeypatch.setattr(images, "_decode", lambda *a, **k: pytest.fail("decoded an image again"))
+    ready = data.with_pixels(PRE, pixels)
+    assert np.array_equal(np.concatenate([b.images for b in ready.iter_batches(PRE, 2)]), inputs)
+    spread = ready.spread(2)
+    assert [b.files for b in spread.iter_batches(PRE, 2)] == [spread.files]
+    assert np.array_equal(next(spread.iter_batches(PRE, 2)).images, inputs[[0, 1]])
+    assert np.array_equal(ready.subset(1, offset=2).decode_pixels(PRE)[0], pixels[2:])
+    monkeypatch.undo()
+    other = Preprocess(resize=6, crop=6, mean=(0, 0, 0), std=(1, 1, 1), scale=1.0)  # other pixels: decoded anew
+    assert next(ready.iter_batches(other, 3)).images.shape == (3, 3, 6, 6)
+    with pytest.raises(ValueError, match=r"3 images of \(8, 8\) need pixels \[3, 8, 8, 3\]"):
+        data.with_pixels(PRE, pixels[:2])
+
+
 def test_all_images_undecodable(tmp_path, caplog):
     for name in ("a.jpg", "b.png"):
         (tmp_path / name).write_bytes(b"garbage")
@@ -157,6 +187,8 @@ def test_all_images_undecodable(tmp_path, caplog):
     with (caplog.at_level(logging.WARNING, logger="nbquant.data.images"),
           pytest.raises(DataError, match=f"none of the 2 images in {tmp_path} could be decoded")):
             list(data.iter_batches(PRE))
+    with pytest.raises(DataError, match="none of the 2 images"):
+        data.decode_pixels(PRE)
 
 
 def test_partial_wordnet_class_folders_warn_about_label_order(tmp_path, caplog):
