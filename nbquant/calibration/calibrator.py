@@ -109,8 +109,12 @@ class Calibrator:
         self.layers_ = find_layers(model, values)
         self.config.check_layers([layer.name for layer in self.layers_], "the model")
         self.observers_ = observers
-        self._clip_memo: dict[tuple, tuple[QParams, tuple[float, float]]] = {}
         settings = [self.config.layers[layer.name] for layer in self.layers_]
+        posts = [post_layer_tensor(model, layer) for layer in self.layers_]
+        clips = list(dict.fromkeys([(layer.input, each.activation) for layer, each in zip(self.layers_, settings)]
+                                   + [(post, each.activation) for post, each in zip(posts, settings)]))
+        # every tensor's clip search once, on both cores (a layer's output is often the next layer's input)
+        self._clip_memo = dict(zip(clips, map_threads(lambda key: self._search_clip(*key), clips)))
         params = [self._layer_params(layer, each, values) for layer, each in zip(self.layers_, settings)]
         with timed("weight rounding"):  # the layers in parallel: GPTQ's column loop keeps one core busy
             jobs = [(layer, values[layer.weight], p[2], each.weight.rounding)
@@ -121,9 +125,8 @@ class Calibrator:
                   for layer, each, p, (q, how, _) in zip(self.layers_, settings, params, rounded)]
         self.layer_quant_ = {layer.name: quant for layer, quant in zip(self.layers_, quants)}
         self.tensor_qparams_ = {}
-        for layer in self.layers_:
-            post = post_layer_tensor(model, layer)
-            self.tensor_qparams_[post] = self._activation_qparams(post, self.config.layers[layer.name])[0]
+        for post, each in zip(posts, settings):
+            self.tensor_qparams_[post] = self._activation_qparams(post, each)[0]
         self._values = values
         return self._select()
 
