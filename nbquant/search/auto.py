@@ -37,7 +37,7 @@ from .auto_settings import AutoSettings
 from .context import RunContext
 from .measure import EvaluatorError, search_evaluator
 from .outcome import AutoCalibrationResult, fail, finish
-from .precision import layer_costs, preferred_step, settle_states
+from .precision import costs_matter, layer_costs, preferred_step, settle_states
 from .ranking import rank_layers, ranking_pairs, unranked
 from .record import (
     EvaluationOrder,
@@ -140,7 +140,8 @@ def _run(run: RunContext) -> AutoCalibrationResult:
     if final is None:
         steps.close()
         return fail(run, calibrator, ranking)
-    costs = layer_costs(run, calibrator) if final else None  # all int8 passes: nothing left to choose
+    # profiled only where the choice depends on it (else the result profiles when asked: AutoCalibrationResult.costs)
+    costs = layer_costs(run, calibrator) if final and costs_matter(run, calibrator, steps.cache[final]) else None
     chosen = preferred_step(run, costs, steps.cache[final])
     chosen = settle_states(run, steps, calibrator, costs, chosen)
     steps.close()

@@ -3,8 +3,10 @@ met), and the :class:`AutoCalibrationResult` that reports it."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -19,8 +21,8 @@ from ..quantize.deploy_target import inexact_kinds_here, target_metadata
 from ..quantize.layer_states import make_state_model
 from ..timing import timed
 from .context import RunContext
-from .objective import pareto_table
-from .precision import measured_latency
+from .objective import Objective, pareto_table
+from .precision import layer_costs, measured_latency
 from .record import Step, jsonable_metric, load_record
 
 log = logging.getLogger(__name__)
@@ -46,9 +48,27 @@ class AutoCalibrationResult:
     evaluator: object = field(default=None, repr=False)  # prepared: images decoded, float outputs cached
     stage_times: pd.DataFrame | None = field(default=None, repr=False)  # seconds per stage (nbquant.timing)
     states: dict[str, str] = field(default_factory=dict)  # layers in a state other than int8 and float
-    pareto: pd.DataFrame | None = field(default=None, repr=False)  # every configuration: metric, latency, size
-    latency: dict = field(default_factory=dict)  # final deploy model: measured_ms, predicted_ms, float_predicted_ms
-    costs: LayerCosts | None = field(default=None, repr=False)  # the cost table the objective compared by
+    latency: dict = field(default_factory=dict)  # final deploy model: measured_ms (predicted_ms, float_predicted_ms
+    # where the search profiled the layer costs)
+    _pareto: pd.DataFrame | None = field(default=None, repr=False)
+    _costs: LayerCosts | None = field(default=None, repr=False)
+    _profile: Callable[[], tuple[LayerCosts, pd.DataFrame]] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def costs(self) -> LayerCosts | None:
+        """The per-layer cost table on this CPU that the objective compares configurations by; profiled on
+        first use where the search needed none (one configuration was left to choose)."""
+        if self._profile is not None:
+            profile, self._profile = self._profile, None
+            self._costs, self._pareto = profile()
+        return self._costs
+
+    @property
+    def pareto(self) -> pd.DataFrame | None:
+        """Every evaluated configuration with its metric, predicted latency and size (``pareto`` and
+        ``chosen`` columns); None when no configuration met the target."""
+        self.costs  # noqa: B018 (profiles where the search did not)
+        return self._pareto
 
     @property
     def n_layers(self) -> int:
@@ -109,6 +129,10 @@ def finish(run: RunContext, calibrator: Calibrator, step: Step, ranking: pd.Data
             deploy_metric = _check_deploy(run, deploy)
     latency = measured_latency(run, deploy, costs, step)
     pareto = pareto_table(run.record.steps, costs, len(final_config.layers), step.step)
+    later = None
+    if costs is None and final and Objective.parse(run.settings.objective) is not Objective.COUNT:
+        later = functools.partial(_profiled, run, calibrator, list(run.record.steps), len(final_config.layers),
+                                  step.step)  # the search chose without the cost table: profiled when asked for
     seconds = time.perf_counter() - run.start
     n, n_int8 = len(final_config.layers), len(final_config.enabled) - len(states)
     log.info("Accuracy of saved model is %s (%d of %d layers in int8, %d evaluations)", step.metric,
@@ -129,8 +153,15 @@ def finish(run: RunContext, calibrator: Calibrator, step: Step, ranking: pd.Data
     return AutoCalibrationResult(True, message, original, step.metric, final, load_record(paths.record), ranking,
                                  table, paths, seconds, calibration=calibration, deploy_metric=deploy_metric,
                                  calibrator=calibrator, evaluator=run.evaluator.evaluator,
-                                 stage_times=run.times.frame, states=states, pareto=pareto, latency=latency,
-                                 costs=costs)
+                                 stage_times=run.times.frame, states=states, latency=latency, _pareto=pareto,
+                                 _costs=costs, _profile=later)
+
+
+def _profiled(run: RunContext, calibrator: Calibrator, steps: list[Step], n_layers: int,
+              chosen: int) -> tuple[LayerCosts, pd.DataFrame]:
+    """The cost table and the Pareto table it prices (for a result whose search did not profile)."""
+    costs = layer_costs(run, calibrator)
+    return costs, pareto_table(steps, costs, n_layers, chosen)
 
 
 def _check_deploy(run: RunContext, deploy):

@@ -66,6 +66,26 @@ def layer_costs(run: RunContext, calibrator: Calibrator) -> LayerCosts | None:
     return costs
 
 
+def costs_matter(run: RunContext, calibrator: Calibrator, found: Step) -> bool:
+    """Whether the objective's choice after the search can depend on the cost table: another passing
+    configuration to prefer (see :func:`preferred_step`) or a float layer with a state that may cost less
+    (see :func:`cheaper_states`). Otherwise the profile (3-4 s on Lite0) is not taken before the answer."""
+    objective = Objective.parse(run.settings.objective)
+    if objective is Objective.COUNT:
+        return False
+    if len(_minimal_passing(run)) > 1:
+        return True
+    layers = [calibrator.layer_quant_[name] for name in found.float_layers]
+    return objective is Objective.SIZE or any(can_be_dynamic(lq) and not lq.dynamic for lq in layers)
+
+
+def _minimal_passing(run: RunContext) -> list[Step]:
+    """The passing steps (float sets only) no passing subset of which was evaluated."""
+    passing = [s for s in run.record.steps if s.ok and s.kind != "original" and not s.states]
+    sets = [frozenset(s.float_layers) for s in passing]
+    return [s for s in passing if not any(other < frozenset(s.float_layers) for other in sets)]
+
+
 def step_cost(objective, costs: LayerCosts | None, step: Step) -> float:
     return configuration_cost(objective, costs, step.float_layers, step.states)
 
@@ -77,10 +97,7 @@ def preferred_step(run: RunContext, costs: LayerCosts | None, found: Step, margi
     objective = Objective.parse(run.settings.objective)
     if objective is Objective.COUNT or costs is None:
         return found
-    passing = [s for s in run.record.steps if s.ok and s.kind != "original" and not s.states]
-    sets = [frozenset(s.float_layers) for s in passing]
-    minimal = [s for s in passing if not any(other < frozenset(s.float_layers) for other in sets)]
-    best = min(minimal, key=lambda s: (step_cost(objective, costs, s), len(s.float_layers),
+    best = min(_minimal_passing(run), key=lambda s: (step_cost(objective, costs, s), len(s.float_layers),
                                        s.loss if s.loss is not None else 0.0), default=found)
     if best is found or step_cost(objective, costs, best) >= (1 - margin) * step_cost(objective, costs, found):
         return found
