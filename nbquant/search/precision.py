@@ -73,7 +73,7 @@ def costs_matter(run: RunContext, calibrator: Calibrator, found: Step) -> bool:
     objective = Objective.parse(run.settings.objective)
     if objective is Objective.COUNT:
         return False
-    if len(_minimal_passing(run)) > 1:
+    if any(step.step != found.step for step in _minimal_passing(run)):
         return True
     layers = [calibrator.layer_quant_[name] for name in found.float_layers]
     return objective is Objective.SIZE or any(can_be_dynamic(lq) and not lq.dynamic for lq in layers)
