@@ -197,12 +197,8 @@ class Calibrator:
         return (bias - shift).astype(np.float32)
 
     def _activation_qparams(self, tensor: str, settings) -> tuple[QParams, tuple[float, float]]:
-        """A tensor's params and clip range; once per tensor and settings (a layer's output is often the next
-        layer's input)."""
-        key = (tensor, settings.activation)
-        if key not in self._clip_memo:
-            self._clip_memo[key] = self._search_clip(tensor, settings.activation)
-        return self._clip_memo[key]
+        """A tensor's params and clip range, as :meth:`fit` searched them (once per tensor and settings)."""
+        return self._clip_memo[(tensor, settings.activation)]
 
     def _search_clip(self, tensor: str, act) -> tuple[QParams, tuple[float, float]]:
         qrange = INT8 if act.symmetric else UINT8

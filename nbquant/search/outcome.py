@@ -21,7 +21,7 @@ from ..quantize.deploy_target import inexact_kinds_here, target_metadata
 from ..quantize.layer_states import make_state_model
 from ..timing import timed
 from .context import RunContext
-from .objective import Objective, pareto_table
+from .objective import pareto_table
 from .precision import layer_costs, measured_latency
 from .record import Step, jsonable_metric, load_record
 
@@ -52,7 +52,8 @@ class AutoCalibrationResult:
     # where the search profiled the layer costs)
     _pareto: pd.DataFrame | None = field(default=None, repr=False)
     _costs: LayerCosts | None = field(default=None, repr=False)
-    _profile: Callable[[], tuple[LayerCosts, pd.DataFrame]] | None = field(default=None, repr=False, compare=False)
+    _profile: Callable[[], tuple[LayerCosts | None, pd.DataFrame]] | None = field(default=None, repr=False,
+                                                                                   compare=False)
 
     @property
     def costs(self) -> LayerCosts | None:
@@ -129,10 +130,10 @@ def finish(run: RunContext, calibrator: Calibrator, step: Step, ranking: pd.Data
             deploy_metric = _check_deploy(run, deploy)
     latency = measured_latency(run, deploy, costs, step)
     pareto = pareto_table(run.record.steps, costs, len(final_config.layers), step.step)
-    later = None
-    if costs is None and final and Objective.parse(run.settings.objective) is not Objective.COUNT:
+    later = None  # the search chose without the cost table: profiled when asked for (layer_costs: None for count)
+    if costs is None and final:
         later = functools.partial(_profiled, run, calibrator, list(run.record.steps), len(final_config.layers),
-                                  step.step)  # the search chose without the cost table: profiled when asked for
+                                  step.step)
     seconds = time.perf_counter() - run.start
     n, n_int8 = len(final_config.layers), len(final_config.enabled) - len(states)
     log.info("Accuracy of saved model is %s (%d of %d layers in int8, %d evaluations)", step.metric,
@@ -158,7 +159,7 @@ def finish(run: RunContext, calibrator: Calibrator, step: Step, ranking: pd.Data
 
 
 def _profiled(run: RunContext, calibrator: Calibrator, steps: list[Step], n_layers: int,
-              chosen: int) -> tuple[LayerCosts, pd.DataFrame]:
+              chosen: int) -> tuple[LayerCosts | None, pd.DataFrame]:
     """The cost table and the Pareto table it prices (for a result whose search did not profile)."""
     costs = layer_costs(run, calibrator)
     return costs, pareto_table(steps, costs, n_layers, chosen)
